@@ -1,0 +1,183 @@
+"""The AGI command channel over any pair of streams (stdin/stdout of a script, a FastAGI
+socket, a pipe in a test).
+
+pyst2's ``AGI`` formats commands and parses Asterisk's answers; this module wraps it so
+that every caller gets the same safe behaviour:
+
+* no SIGHUP handler is installed (``signal.signal`` is refused off the main thread, and a
+  hook must finish its bookkeeping even when the caller has hung up);
+* every read has a deadline, and lines are bounded, so a stalled or chatty peer cannot
+  hold a call;
+* pyst2's debug output goes nowhere instead of to Asterisk;
+* values written into a command are quoted with CR/LF removed, so no value can inject a
+  second command;
+* FastAGI's unsolicited ``HANGUP`` line is noted and skipped, never taken for an answer.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from typing import List, Optional
+
+from asterisk.agi import AGI, AGIException
+
+from .agi_request import MAX_LINE_BYTES, AgiRequest, EnvBlockError, parse_env_block
+from .deadline import Deadline, DeadlineExceeded
+
+
+class ChannelClosed(EOFError):
+    """Asterisk closed the stream."""
+
+
+class LineStream:
+    """Bounded, deadline-aware line reads and writes over two file descriptors."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self._buffer = bytearray()
+        self.deadline: Optional[Deadline] = None
+
+    def _wait(self, fd: int, for_write: bool) -> None:
+        timeout = self.deadline.check("waiting for Asterisk") if self.deadline else None
+        if for_write:
+            ready = select.select([], [fd], [], timeout)[1]
+        else:
+            ready = select.select([fd], [], [], timeout)[0]
+        if not ready:
+            raise DeadlineExceeded("waiting for Asterisk")
+
+    def readline(self) -> str:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                return line.rstrip(b"\r").decode("utf-8", "replace")
+            if len(self._buffer) > MAX_LINE_BYTES:
+                raise EnvBlockError(f"line longer than {MAX_LINE_BYTES} bytes")
+            self._wait(self.read_fd, for_write=False)
+            try:
+                chunk = os.read(self.read_fd, 4096)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                raise ChannelClosed("Asterisk closed the AGI stream")
+            self._buffer += chunk
+
+    def write(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            self._wait(self.write_fd, for_write=True)
+            try:
+                sent = os.write(self.write_fd, data)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ChannelClosed("Asterisk closed the AGI stream") from exc
+            data = data[sent:]
+
+    def read_request(self) -> AgiRequest:
+        """The env block: ``agi_key: value`` lines up to an empty line."""
+        lines: List[str] = []
+        while True:
+            line = self.readline()
+            if line == "":
+                return AgiRequest(parse_env_block(lines))
+            lines.append(line)
+            if len(lines) > 512:  # parse_env_block names the real limit
+                return AgiRequest(parse_env_block(lines))
+
+
+def quote_argument(value: object) -> str:
+    """One AGI command argument: CR, LF and NUL removed, quotes and backslashes escaped."""
+    text = str(value)
+    for ch in "\r\n\x00":
+        text = text.replace(ch, " ")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class _Pyst2Reader:
+    def __init__(self, channel: "AgiChannel"):
+        self._channel = channel
+
+    def readline(self) -> str:
+        while True:
+            line = self._channel.stream.readline()
+            if line.strip() == "HANGUP":
+                # FastAGI: the caller hung up.  Commands may still be answered.
+                self._channel.hung_up = True
+                continue
+            return line + "\n"
+
+
+class _Pyst2Writer:
+    def __init__(self, stream: LineStream):
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        self._stream.write(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Discard:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class AgiChannel(AGI):
+    """pyst2's AGI, bound to a :class:`LineStream` and a deadline."""
+
+    def __init__(self, stream: LineStream, deadline: Optional[Deadline] = None):
+        # AGI.__init__ is not called on purpose: it installs a SIGHUP handler and reads the
+        # env block itself, without limits; :meth:`LineStream.read_request` does that.
+        self.stream = stream
+        stream.deadline = deadline
+        self.hung_up = False
+        self._got_sighup = False
+        self.env = {}
+        self.stdin = _Pyst2Reader(self)
+        self.stdout = _Pyst2Writer(stream)
+        self.stderr = _Discard()
+
+    def _quote(self, string):
+        return quote_argument(string)
+
+    def test_hangup(self):
+        # A hang-up must not stop the hook: its bookkeeping still has to be done.
+        pass
+
+    # The calls the handlers use: errors of one command do not end the session.
+    def variable(self, name: str) -> str:
+        """GET VARIABLE; '' when unset."""
+        return self.get_variable(name)
+
+    def expression(self, expression: str) -> str:
+        """GET FULL VARIABLE, e.g. ``${CDR(billsec)}``; '' when empty."""
+        return self.get_full_variable(expression)
+
+    def first_of(self, *expressions: str) -> str:
+        """The first non-empty of several expressions (read in order, lazily)."""
+        for expression in expressions:
+            value = self.expression(expression) if expression.startswith("$") else self.variable(expression)
+            if value:
+                return value
+        return ""
+
+    def set(self, name: str, value: object) -> bool:
+        try:
+            self.set_variable(name, value)
+            return True
+        except AGIException:
+            return False
+
+    def say(self, message: str) -> None:
+        """A VERBOSE line on the Asterisk console; never fails the hook."""
+        try:
+            self.verbose(message, 1)
+        except AGIException:
+            pass

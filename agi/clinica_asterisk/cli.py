@@ -1,0 +1,56 @@
+"""``clinica-asterisk``: the admin command.  A thin main: parse, load settings, run one
+subcommand, and map failures to exit codes in one place."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from .config import ConfigError, load_settings
+
+# name -> (module under clinica_asterisk.commands, one-line help)
+COMMANDS = {
+    "deliver": ("deliver", "send the queued push events (once, or as a worker with --forever)"),
+}
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    CONFIG = 2
+    PENDING = 3  # deliver: events still wait (the CRM did not take them)
+    INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clinica-asterisk",
+                                     description="Asterisk / FreePBX to Clinica Web bridge.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f".commands.{module_name}", __package__)
+        command = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return int(args.run(args, settings) or ExitStatus.OK)
+    except ConfigError as exc:
+        print(f"clinica-asterisk: configuration error: {exc}", file=sys.stderr)
+        return ExitStatus.CONFIG
+    except KeyboardInterrupt:
+        return ExitStatus.INTERRUPTED
+    except Exception as exc:
+        print(f"clinica-asterisk: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return ExitStatus.ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``clinica-asterisk``: each module has ``add_arguments`` and ``run``."""

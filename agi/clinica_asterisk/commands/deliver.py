@@ -1,0 +1,38 @@
+"""Send the push events waiting in the outbox, oldest first and in order per call.
+
+Without options: one pass over everything waiting (backoff ignored), then a summary.
+With --forever: keep running as the delivery worker, retrying with backoff."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from .. import logs
+from ..cli import ExitStatus
+from ..delivery import PushSender, deliver_forever, deliver_pass
+from ..outbox import Outbox
+from ..store import Store
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--forever", action="store_true", help="run as the delivery worker until stopped")
+
+
+def run(args, settings) -> int:
+    logs.configure(settings.log_level, settings.log_file)
+    store = Store(settings.db_path, busy_timeout_s=5.0)
+    outbox = Outbox(store)
+    sender = PushSender(settings.crm_push_url, settings.push_format)
+    if args.forever:
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        deliver_forever(outbox, sender, settings.deliver_timeout_s, settings.deliver_max_backoff_s, stop)
+        return 0
+    stats = deliver_pass(outbox, sender, settings.deliver_timeout_s, settings.deliver_max_backoff_s,
+                         due_only=False)
+    age = f", oldest queued {int(time.time() - stats.oldest_created_at)} s ago" if stats.oldest_created_at else ""
+    print(f"sent {stats.sent}, failed {stats.failed}, waiting {stats.waiting}{age}")
+    return ExitStatus.OK if stats.waiting == 0 else ExitStatus.PENDING

@@ -1,0 +1,269 @@
+"""Settings: one DEFAULTS dict, layered under an env file and the environment.
+
+Every key starts with ``CLINICA_``.  The file is the one named by ``CLINICA_ENV_FILE``,
+else ``./.env``, else ``/etc/clinica-asterisk/.env``.  Values are validated once into a
+frozen :class:`Settings`; an invalid value raises :class:`ConfigError` naming the key and
+what is allowed, so a typo stops start-up instead of silently changing behaviour.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+SYSTEM_ENV_FILE = "/etc/clinica-asterisk/.env"
+
+DEFAULTS: Dict[str, str] = {
+    # Push events (PBX -> CRM)
+    "CLINICA_CRM_PUSH_URL": "http://127.0.0.1:8580/api/Binotel/Push",
+    "CLINICA_PUSH_FORMAT": "form",
+    "CLINICA_COMPANY_ID": "",
+    "CLINICA_HOOK_DEADLINE_MS": "2000",
+    "CLINICA_DELIVER_TIMEOUT_MS": "10000",
+    "CLINICA_DELIVER_MAX_BACKOFF_S": "300",
+    # Numbers
+    "CLINICA_NUMBER_FORMAT": "national",
+    "CLINICA_COUNTRY_CODE": "380",
+    "CLINICA_TRUNK_PREFIX": "0",
+    # Storage and logs
+    "CLINICA_DATA_DIR": "./clinica-data",
+    "CLINICA_PBX_ID": "",
+    "CLINICA_LOG_LEVEL": "INFO",
+    "CLINICA_LOG_FILE": "",
+    # FastAGI server
+    "CLINICA_FASTAGI_BIND": "127.0.0.1:4574",
+    "CLINICA_FASTAGI_POOL": "64",
+    "CLINICA_FASTAGI_BACKLOG": "512",
+    "CLINICA_FASTAGI_SESSION_TIMEOUT_MS": "5000",
+    "CLINICA_FASTAGI_ALLOW": "",
+    # CRM-facing API
+    "CLINICA_API_BIND": "127.0.0.1:8574",
+    "CLINICA_API_PUBLIC_URL": "",
+    "CLINICA_API_KEYS": "",
+    "CLINICA_API_MAX_BODY": "65536",
+    "CLINICA_RECORDINGS_DIR": "/var/spool/asterisk/monitor",
+    "CLINICA_RECORD_LINK_TTL_S": "900",
+    "CLINICA_DIRECTORY_FILE": "",
+    # AMI (click-to-call)
+    "CLINICA_AMI_HOST": "127.0.0.1",
+    "CLINICA_AMI_PORT": "5038",
+    "CLINICA_AMI_USER": "",
+    "CLINICA_AMI_SECRET": "",
+    "CLINICA_AMI_TIMEOUT_MS": "5000",
+    "CLINICA_ORIGINATE_CONTEXT": "from-internal",
+    "CLINICA_ORIGINATE_CHANNEL_CONTEXT": "originate-skipvm",
+    "CLINICA_ORIGINATE_TIMEOUT_S": "30",
+}
+
+# Never written to a log or shown by `doctor`.
+SECRET_KEYS = frozenset({"CLINICA_API_KEYS", "CLINICA_AMI_SECRET"})
+
+
+class ConfigError(ValueError):
+    """A setting has a value that is not allowed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    crm_push_url: str
+    push_format: str
+    company_id: str
+    hook_deadline_s: float
+    deliver_timeout_s: float
+    deliver_max_backoff_s: float
+    number_format: str
+    country_code: str
+    trunk_prefix: str
+    data_dir: str
+    pbx_id: str
+    log_level: str
+    log_file: str
+    fastagi_bind: Tuple[str, int]
+    fastagi_pool: int
+    fastagi_backlog: int
+    fastagi_session_timeout_s: float
+    fastagi_allow: Tuple[object, ...]
+    api_bind: Tuple[str, int]
+    api_public_url: str
+    api_keys: Mapping[str, str] = field(repr=False)
+    api_max_body: int
+    recordings_dir: str
+    record_link_ttl_s: int
+    directory_file: str
+    ami_host: str
+    ami_port: int
+    ami_user: str
+    ami_secret: str = field(repr=False)
+    ami_timeout_s: float
+    originate_context: str
+    originate_channel_context: str
+    originate_timeout_s: int
+    source: str = ""
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.data_dir, "clinica.sqlite3")
+
+
+def find_env_file(environ: Mapping[str, str]) -> Optional[str]:
+    named = environ.get("CLINICA_ENV_FILE")
+    if named:
+        if not os.path.isfile(named):
+            raise ConfigError(f"CLINICA_ENV_FILE: no such file: {named}")
+        return named
+    for candidate in (os.path.abspath(".env"), SYSTEM_ENV_FILE):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def read_env_file(path: str) -> Dict[str, str]:
+    from dotenv import dotenv_values  # imported here: only start-up needs it
+
+    try:
+        values = dotenv_values(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration file: {exc.strerror}") from exc
+    return {k: v for k, v in values.items() if k.startswith("CLINICA_") and v is not None}
+
+
+def load_settings(environ: Optional[Mapping[str, str]] = None) -> Settings:
+    """DEFAULTS, then the env file, then the environment; validated."""
+    environ = os.environ if environ is None else environ
+    path = find_env_file(environ)
+    layered = dict(DEFAULTS)
+    if path:
+        layered.update(read_env_file(path))
+    layered.update({k: v for k, v in environ.items() if k.startswith("CLINICA_")})
+    return build_settings(layered, source=path or "")
+
+
+# --- validation: small pure parsers, each naming the key it checks -------------------
+
+def _choice(values, key, allowed):
+    value = values[key].strip().lower()
+    if value not in allowed:
+        raise ConfigError(f"{key}: must be one of {', '.join(allowed)}; got {values[key]!r}")
+    return value
+
+
+def _int(values, key, low, high):
+    raw = values[key].strip()
+    try:
+        number = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key}: must be a whole number from {low} to {high}; got {raw!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{key}: must be a whole number from {low} to {high}; got {raw!r}")
+    return number
+
+
+def _digits(values, key, min_len, max_len, allow_empty=False):
+    raw = values[key].strip()
+    if allow_empty and raw == "":
+        return raw
+    if not (raw.isdigit() and raw.isascii() and min_len <= len(raw) <= max_len):
+        raise ConfigError(f"{key}: must be {min_len} to {max_len} digits; got {raw!r}")
+    return raw
+
+
+def _url(values, key, allow_empty=False):
+    raw = values[key].strip()
+    if allow_empty and raw == "":
+        return raw
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key}: must be an http:// or https:// URL; got {raw!r}")
+    return raw
+
+
+def _bind(values, key):
+    raw = values[key].strip()
+    host, sep, port = raw.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not (sep and 1 <= number <= 65535):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{key}: must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:4574; got {raw!r}") from None
+    return host, number
+
+
+def _networks(values, key):
+    raw = values[key].strip()
+    if not raw:
+        return ()
+    networks = []
+    for item in raw.split(","):
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{key}: must be a comma-separated list of addresses or networks (10.0.0.0/24); got {item.strip()!r}") from None
+    return tuple(networks)
+
+
+def _api_keys(values, key):
+    raw = values[key].strip()
+    keys = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, secret = item.partition(":")
+        if not sep or not name or not secret:
+            # Never echo the value: it holds secrets.
+            raise ConfigError(f"{key}: must be a comma-separated list of key:secret pairs")
+        keys[name] = secret
+    return keys
+
+
+def _level(values, key):
+    value = values[key].strip().upper()
+    allowed = ("DEBUG", "INFO", "WARNING", "ERROR")
+    if value not in allowed:
+        raise ConfigError(f"{key}: must be one of {', '.join(allowed)}; got {values[key]!r}")
+    return value
+
+
+def build_settings(values: Mapping[str, str], source: str = "") -> Settings:
+    unknown = sorted(k for k in values if k.startswith("CLINICA_") and k not in DEFAULTS and k != "CLINICA_ENV_FILE")
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown setting (known: see .env.example)")
+    return Settings(
+        crm_push_url=_url(values, "CLINICA_CRM_PUSH_URL"),
+        push_format=_choice(values, "CLINICA_PUSH_FORMAT", ("form", "json")),
+        company_id=_digits(values, "CLINICA_COMPANY_ID", 1, 18, allow_empty=True),
+        hook_deadline_s=_int(values, "CLINICA_HOOK_DEADLINE_MS", 100, 30000) / 1000.0,
+        deliver_timeout_s=_int(values, "CLINICA_DELIVER_TIMEOUT_MS", 100, 120000) / 1000.0,
+        deliver_max_backoff_s=float(_int(values, "CLINICA_DELIVER_MAX_BACKOFF_S", 1, 86400)),
+        number_format=_choice(values, "CLINICA_NUMBER_FORMAT", ("national", "e164", "raw")),
+        country_code=_digits(values, "CLINICA_COUNTRY_CODE", 1, 3),
+        trunk_prefix=_digits(values, "CLINICA_TRUNK_PREFIX", 0, 2, allow_empty=True),
+        data_dir=os.path.abspath(values["CLINICA_DATA_DIR"].strip() or "."),
+        pbx_id=values["CLINICA_PBX_ID"].strip(),
+        log_level=_level(values, "CLINICA_LOG_LEVEL"),
+        log_file=values["CLINICA_LOG_FILE"].strip(),
+        fastagi_bind=_bind(values, "CLINICA_FASTAGI_BIND"),
+        fastagi_pool=_int(values, "CLINICA_FASTAGI_POOL", 1, 4096),
+        fastagi_backlog=_int(values, "CLINICA_FASTAGI_BACKLOG", 5, 65535),
+        fastagi_session_timeout_s=_int(values, "CLINICA_FASTAGI_SESSION_TIMEOUT_MS", 100, 600000) / 1000.0,
+        fastagi_allow=_networks(values, "CLINICA_FASTAGI_ALLOW"),
+        api_bind=_bind(values, "CLINICA_API_BIND"),
+        api_public_url=_url(values, "CLINICA_API_PUBLIC_URL", allow_empty=True).rstrip("/"),
+        api_keys=_api_keys(values, "CLINICA_API_KEYS"),
+        api_max_body=_int(values, "CLINICA_API_MAX_BODY", 1024, 10 * 1024 * 1024),
+        recordings_dir=os.path.abspath(values["CLINICA_RECORDINGS_DIR"].strip() or "."),
+        record_link_ttl_s=_int(values, "CLINICA_RECORD_LINK_TTL_S", 10, 86400),
+        directory_file=values["CLINICA_DIRECTORY_FILE"].strip(),
+        ami_host=values["CLINICA_AMI_HOST"].strip(),
+        ami_port=_int(values, "CLINICA_AMI_PORT", 1, 65535),
+        ami_user=values["CLINICA_AMI_USER"].strip(),
+        ami_secret=values["CLINICA_AMI_SECRET"],
+        ami_timeout_s=_int(values, "CLINICA_AMI_TIMEOUT_MS", 100, 60000) / 1000.0,
+        originate_context=values["CLINICA_ORIGINATE_CONTEXT"].strip(),
+        originate_channel_context=values["CLINICA_ORIGINATE_CHANNEL_CONTEXT"].strip(),
+        originate_timeout_s=_int(values, "CLINICA_ORIGINATE_TIMEOUT_S", 5, 300),
+        source=source,
+    )

@@ -1,0 +1,163 @@
+"""Sending push events to the CRM, each attempt within a hard time limit.
+
+``requests``' own timeouts bound each socket operation, not the whole request (a CRM that
+trickles its answer byte by byte would stretch it); the attempt therefore runs in a daemon
+thread that the caller stops waiting for at the limit.  An abandoned attempt keeps its
+lease until the lease runs out, so the event is not sent twice at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from .outbox import Outbox, OutboxEvent, lease_owner
+
+log = logging.getLogger(__name__)
+
+# Time kept back from a hook's deadline for the last AGI command (the status variable).
+RESERVE_S = 0.1
+# A lease outlives the attempt it covers by this much (clock skew, slow commit).
+LEASE_MARGIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    ok: bool
+    detail: str
+    ms: int
+
+
+class PushSender:
+    """POSTs one event to the CRM push URL; keeps one HTTP session per thread."""
+
+    def __init__(self, url: str, push_format: str = "form"):
+        self.url = url
+        self.push_format = push_format
+        self._local = threading.local()
+
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests  # imported on first use: a hook that only queues never pays for it
+
+            session = self._local.session = requests.Session()
+        return session
+
+    def _post(self, payload: Mapping[str, str], timeout_s: float) -> Attempt:
+        started = time.monotonic()
+        try:
+            session = self._session()
+            if self.push_format == "json":
+                response = session.post(self.url, data=json.dumps(dict(payload)).encode("utf-8"),
+                                        headers={"Content-Type": "application/json"}, timeout=timeout_s)
+            else:
+                response = session.post(self.url, data=dict(payload), timeout=timeout_s)
+            response.close()
+            ok = 200 <= response.status_code < 300
+            detail = f"HTTP {response.status_code}"
+        except Exception as exc:  # any network failure is a failed delivery, never a crash
+            ok, detail = False, f"{type(exc).__name__}: {str(exc)[:200]}"
+            self._local.session = None  # a broken connection must not be reused
+        return Attempt(ok, detail, int((time.monotonic() - started) * 1000))
+
+    def post(self, payload: Mapping[str, str], limit_s: float) -> Attempt:
+        """One attempt that returns within ``limit_s`` whatever the CRM does."""
+        if limit_s <= 0.01:
+            return Attempt(False, "no time left to send", 0)
+        box = []
+        worker = threading.Thread(target=lambda: box.append(self._post(payload, limit_s)), daemon=True,
+                                  name="clinica-push")
+        worker.start()
+        worker.join(limit_s)
+        if box:
+            return box[0]
+        return Attempt(False, f"no answer within {limit_s:.1f} s", int(limit_s * 1000))
+
+
+def send_head_events(outbox: Outbox, sender: PushSender, call_id: int, until_monotonic: float,
+                     max_backoff_s: float) -> bool:
+    """Send a call's undelivered events in order until one fails or time runs out.
+
+    True when none of the call's events is left waiting."""
+    owner = lease_owner()
+    for event in outbox.pending_of_call(call_id):
+        left = until_monotonic - time.monotonic()
+        if left <= 0.01:
+            return False
+        if not outbox.claim(event, owner, outbox.store.clock() + left + LEASE_MARGIN_S):
+            return False  # another sender holds it (the worker); it keeps the order
+        if not deliver_one(outbox, sender, event, left, max_backoff_s):
+            return False
+    return True
+
+
+def deliver_one(outbox: Outbox, sender: PushSender, event: OutboxEvent, limit_s: float,
+                max_backoff_s: float) -> bool:
+    attempt = sender.post(event.payload, limit_s)
+    if attempt.ok:
+        outbox.mark_delivered(event.id)
+    else:
+        outbox.mark_failed(event.id, attempt.detail, max_backoff_s)
+    log.info("push call=%s event=%s outcome=%s detail=%r ms=%d attempt=%d", event.call_id,
+             event.request_type, "sent" if attempt.ok else "failed", attempt.detail, attempt.ms,
+             event.attempts + 1)
+    return attempt.ok
+
+
+@dataclass
+class DeliverStats:
+    sent: int = 0
+    failed: int = 0
+    waiting: int = 0
+    oldest_created_at: Optional[float] = None
+
+
+def deliver_pass(outbox: Outbox, sender: PushSender, timeout_s: float, max_backoff_s: float,
+                 due_only: bool = True, stop: Optional[threading.Event] = None,
+                 stats: Optional[DeliverStats] = None) -> DeliverStats:
+    """Send every deliverable head once, call by call, oldest first.
+
+    Within one pass a call that failed is not tried again, and its later events wait."""
+    stats = stats or DeliverStats()
+    owner = lease_owner()
+    failed_calls = set()
+    while not (stop and stop.is_set()):
+        heads = [e for e in outbox.heads(outbox.store.clock(), due_only=due_only) if e.call_id not in failed_calls]
+        if not heads:
+            break
+        for event in heads:
+            if stop and stop.is_set():
+                break
+            if not outbox.claim(event, owner, outbox.store.clock() + timeout_s + LEASE_MARGIN_S):
+                failed_calls.add(event.call_id)  # someone else is on it; leave the call to them
+                continue
+            if deliver_one(outbox, sender, event, timeout_s, max_backoff_s):
+                stats.sent += 1
+            else:
+                stats.failed += 1
+                failed_calls.add(event.call_id)
+    stats.waiting, stats.oldest_created_at = outbox.backlog()
+    return stats
+
+
+def deliver_forever(outbox: Outbox, sender: PushSender, timeout_s: float, max_backoff_s: float,
+                    stop: threading.Event, poll_s: float = 1.0) -> None:
+    """The worker: a pass, then sleep until the next event is due (at most ``poll_s``)."""
+    last_purge = 0.0
+    while not stop.is_set():
+        try:
+            deliver_pass(outbox, sender, timeout_s, max_backoff_s, due_only=True, stop=stop)
+            if time.monotonic() - last_purge > 3600:
+                outbox.purge_delivered()
+                last_purge = time.monotonic()
+            due = outbox.next_due_at()
+        except Exception:  # the worker must outlive a locked or briefly missing database
+            log.exception("outbox worker pass failed; retrying")
+            due = None
+        wait = poll_s if due is None else min(poll_s, max(0.05, due - outbox.store.clock()))
+        stop.wait(wait)

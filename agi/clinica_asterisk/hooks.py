@@ -1,0 +1,247 @@
+"""The hook handlers: one plain function per stage, registered under the stage's name (the
+first AGI argument in script mode, the script name under FastAGI).
+
+A handler only reads what its stage needs from the channel.  :func:`run_hook` does the
+rest the same way for every stage: apply the pure plan (:mod:`call_flow`) in one
+transaction, write the events to the outbox, try to send them within the deadline, and set
+``CLINICA_STATUS`` for the dialplan.  It never raises into Asterisk.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence
+
+from asterisk.agi import AGIException
+
+from . import call_flow
+from .agi_request import AgiRequest, EnvBlockError
+from .channel import AgiChannel, ChannelClosed
+from .config import Settings
+from .deadline import Deadline, DeadlineExceeded
+from .delivery import RESERVE_S, PushSender, send_head_events
+from .events import build_payload
+from .outbox import Outbox
+from .store import Store, StoreError
+
+log = logging.getLogger("clinica_asterisk.hook")
+
+SENT, QUEUED, SKIPPED, FAILED, NOTFOUND = "SENT", "QUEUED", "SKIPPED", "FAILED", "NOTFOUND"
+CALLID_VARIABLE = "CLINICA_CALLID"
+STATUS_VARIABLE = "CLINICA_STATUS"
+
+FactReader = Callable[[AgiChannel, Sequence[str]], Dict[str, str]]
+HANDLERS: Dict[str, FactReader] = {}
+
+
+def handler(stage: str):
+    """Register a stage's fact reader; a second one under the same name is a bug."""
+
+    def register(fn: FactReader) -> FactReader:
+        if stage in HANDLERS:
+            raise RuntimeError(f"two handlers for stage {stage!r}")
+        if stage not in call_flow.PLANS:
+            raise RuntimeError(f"no plan for stage {stage!r}")
+        HANDLERS[stage] = fn
+        return fn
+
+    return register
+
+
+def _arg(args: Sequence[str], n: int) -> str:
+    return args[n].strip() if len(args) > n else ""
+
+
+def _linkedid(channel: AgiChannel) -> str:
+    # The dialplan freezes it at entry; bridging (attended transfer) can change the live one.
+    return channel.first_of("CLINICA_LINKEDID", "${CHANNEL(linkedid)}")
+
+
+@handler("ring-in")
+def ring_in(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
+    """AGI(clinica-agi,ring-in,<DID>[,<target>]) when a call enters from a trunk."""
+    return {
+        "linkedid": _linkedid(channel),
+        "caller": channel.expression("${CALLERID(num)}"),
+        "did": _arg(args, 0) or channel.variable("FROM_DID"),
+        "target": _arg(args, 1),
+    }
+
+
+@handler("dial")
+def dial(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
+    """AGI(clinica-agi,dial,<extension>) before an extension, ring group or queue rings."""
+    return {"target": _arg(args, 0), "group": channel.variable("NODEST")}
+
+
+@handler("ring-out")
+def ring_out(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
+    """AGI(clinica-agi,ring-out,<AMPUSER>,<number>,<trunk>) before a trunk is dialled."""
+    return {
+        "linkedid": _linkedid(channel),
+        # AMPUSER from the dialplan; else the calling device (click-to-call has no AMPUSER).
+        # Not CALLERID(num): FreePBX has already set the trunk's outbound caller id.
+        "caller_extension": _arg(args, 0) or call_flow.extension_of_channel(channel.variable("CHANNEL")),
+        "number": _arg(args, 1) or channel.variable("DIAL_NUMBER"),
+        "trunk": _arg(args, 2),
+    }
+
+
+@handler("answer")
+def answer(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
+    """AGI(clinica-agi,answer,<extension or number>,<ext|trunk>) from Dial's U()."""
+    facts = {"target": _arg(args, 0), "leg": _arg(args, 1)}
+    if not call_flow.as_extension(facts["target"]):
+        facts["dialed_peer"] = channel.variable("DIALEDPEERNUMBER")
+    return facts
+
+
+@handler("hangup")
+def hangup(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
+    """AGI(clinica-agi,hangup,<in|out>) from the hangup handler of the entering channel."""
+    return {
+        "direction": _arg(args, 0),
+        "dialstatus": channel.variable("DIALSTATUS"),
+        "answeredtime": channel.variable("ANSWEREDTIME"),
+        "cdr_billsec": channel.expression("${CDR(billsec)}"),
+        "cdr_disposition": channel.expression("${CDR(disposition)}"),
+        "recording": channel.expression("${CDR(recordingfile)}"),
+    }
+
+
+def _fallback_facts(channel: AgiChannel, stage: str) -> Dict[str, str]:
+    """What a hang-up needs to describe a call that no earlier hook stored."""
+    return {
+        "linkedid": _linkedid(channel),
+        "caller": channel.expression("${CALLERID(num)}"),
+        "did": channel.variable("FROM_DID"),
+        "number": channel.variable("DIAL_NUMBER"),
+        "caller_extension": channel.variable("AMPUSER"),
+    }
+
+
+@dataclass
+class HookServices:
+    """What a hook needs besides its channel; one per process or per worker thread."""
+
+    settings: Settings
+    store: Store
+    sender: PushSender
+    pbx: str = ""
+    clock: Callable[[], float] = time.time
+    outbox: Outbox = field(init=False)
+    fmt: call_flow.NumberFormat = field(init=False)
+
+    def __post_init__(self):
+        self.outbox = Outbox(self.store)
+        s = self.settings
+        self.fmt = call_flow.NumberFormat(s.number_format, s.country_code, s.trunk_prefix)
+        self.pbx = self.pbx or s.pbx_id or socket.gethostname()
+
+    @classmethod
+    def open(cls, settings: Settings, sender: Optional[PushSender] = None, pbx: str = "") -> "HookServices":
+        store = Store(settings.db_path, busy_timeout_s=settings.hook_deadline_s)
+        return cls(settings, store, sender or PushSender(settings.crm_push_url, settings.push_format), pbx)
+
+
+@dataclass
+class HookResult:
+    stage: str
+    status: str
+    call_id: Optional[int] = None
+    detail: str = ""
+    ms: int = 0
+
+
+def _find_call(services: HookServices, channel: AgiChannel, stage: str, facts: Dict[str, str]):
+    callid = channel.variable(CALLID_VARIABLE)
+    if callid.isdigit():
+        call = services.store.call(int(callid))
+        if call is not None:
+            return call, False
+    if stage in ("ring-in", "ring-out", "hangup"):
+        if "linkedid" not in facts:
+            facts.update(_fallback_facts(channel, stage))
+        if facts.get("linkedid"):
+            call = services.store.call_by_linkedid(services.pbx, facts["linkedid"])
+            return call, call is not None
+    return None, False
+
+
+def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: Sequence[str]) -> HookResult:
+    """Read the facts, store what they change, queue the events.  No network I/O."""
+    facts = HANDLERS[stage](channel, args)
+    now = services.clock()
+    with services.store.transaction():
+        call, found_by_linkedid = _find_call(services, channel, stage, facts)
+        plan = call_flow.PLANS[stage](call, facts, services.fmt, now)
+        if plan.create is not None:
+            fields = dict(plan.create, pbx=services.pbx)
+            call_id = services.store.insert_call(fields)
+        elif call is not None:
+            call_id = call["id"]
+            services.store.update_call(call_id, plan.changes)
+        else:
+            return HookResult(stage, SKIPPED, detail=plan.note)
+        after = services.store.call(call_id)
+        queued = 0
+        for request_type in plan.events:
+            if not services.outbox.has_event(call_id, request_type):
+                services.outbox.enqueue(call_id, request_type,
+                                        build_payload(request_type, after, services.settings.company_id))
+                queued += 1
+    if plan.create is not None or found_by_linkedid:
+        # Every later hook of the call (other legs inherit the variable) finds it by id.
+        channel.set("__" + CALLID_VARIABLE, call_id)
+    if not queued:
+        return HookResult(stage, SKIPPED, call_id, plan.note or "nothing new for this call")
+    return HookResult(stage, QUEUED, call_id)
+
+
+def run_hook(request: AgiRequest, channel: AgiChannel, services: HookServices, deadline: Deadline) -> HookResult:
+    """One hook session, start to end.  Never raises; always leaves CLINICA_STATUS."""
+    stage, args = request.stage_and_args
+    result = HookResult(stage or "?", FAILED)
+    try:
+        if stage not in HANDLERS:
+            result = HookResult(stage or "?", NOTFOUND, detail=f"unknown stage {stage!r}; known: {', '.join(sorted(HANDLERS))}")
+        else:
+            services.store.set_busy_timeout(max(0.05, deadline.remaining() - RESERVE_S))
+            result = apply_stage(services, channel, stage, args)
+            if result.status == QUEUED:
+                until = time.monotonic() + deadline.remaining() - RESERVE_S
+                if send_head_events(services.outbox, services.sender, result.call_id, until,
+                                    services.settings.deliver_max_backoff_s):
+                    result.status = SENT
+    except DeadlineExceeded as exc:
+        result.detail = f"deadline reached while {exc}"
+        result.status = QUEUED if result.call_id else FAILED
+    except StoreError as exc:
+        result.detail = str(exc)
+    except (AGIException, ChannelClosed, EnvBlockError, OSError) as exc:
+        result.detail = f"AGI: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # a bug must cost a log line, never the call
+        log.exception("hook %s failed", stage)
+        result.detail = f"{type(exc).__name__}: {exc}"
+    result.ms = deadline.elapsed_ms()
+    finish(channel, deadline, result)
+    return result
+
+
+def finish(channel: AgiChannel, deadline: Deadline, result: HookResult) -> None:
+    """Tell the dialplan (CLINICA_STATUS) and the log how the hook went."""
+    level = logging.INFO if result.status in (SENT, QUEUED, SKIPPED) else logging.WARNING
+    log.log(level, "hook call=%s stage=%s outcome=%s ms=%d%s", result.call_id or "-", result.stage,
+            result.status, result.ms, f" detail={result.detail!r}" if result.detail else "")
+    # The last command gets a short grace of its own, so a hook that used its whole
+    # deadline still reports; a dead or closed channel simply does not answer.
+    channel.stream.deadline = Deadline(max(0.02, min(RESERVE_S, deadline.remaining())))
+    try:
+        channel.set(STATUS_VARIABLE, result.status)
+        if result.status in (FAILED, NOTFOUND):
+            channel.say(f"clinica: {result.stage} {result.status}: {result.detail}"[:300])
+    except (DeadlineExceeded, ChannelClosed, OSError):
+        pass

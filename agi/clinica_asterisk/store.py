@@ -1,0 +1,167 @@
+"""The call store: one SQLite database in the data directory.
+
+WAL mode lets many AGI processes and the services read and write at once; every write is a
+short ``BEGIN IMMEDIATE`` transaction with a bounded busy timeout, so a locked database
+costs a hook at most its deadline.  ``synchronous=NORMAL`` keeps every committed
+transaction across a crash or SIGKILL of any process (it can lose the last ones only on a
+power failure of the host).
+
+Tables: ``calls`` (the facts of each call, read by the API) and ``outbox`` (push events
+not yet delivered, see :mod:`outbox`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Mapping, Optional
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    id              INTEGER PRIMARY KEY,   -- generalCallID
+    pbx             TEXT NOT NULL DEFAULT '',
+    linkedid        TEXT,                  -- Asterisk LINKEDID frozen at entry
+    direction       TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    origin          TEXT NOT NULL DEFAULT 'pbx',   -- 'api' for click-to-call
+    started_at      REAL NOT NULL,
+    src_number      TEXT NOT NULL DEFAULT '',  -- caller id / dialled number as received
+    external_number TEXT NOT NULL DEFAULT '',  -- the client's number, normalised
+    did             TEXT NOT NULL DEFAULT '',
+    internal_number TEXT NOT NULL DEFAULT '',  -- target rung (in) or calling extension (out)
+    dst_numbers     TEXT NOT NULL DEFAULT '[]',
+    answered_by     TEXT,
+    answered_at     REAL,
+    ended_at        REAL,
+    billsec         INTEGER,
+    disposition     TEXT,
+    recording_file  TEXT NOT NULL DEFAULT '',
+    trunk           TEXT NOT NULL DEFAULT '',
+    UNIQUE (pbx, linkedid)
+);
+CREATE INDEX IF NOT EXISTS calls_by_external ON calls (external_number, started_at);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- delivery order
+    call_id         INTEGER NOT NULL,
+    request_type    TEXT NOT NULL,
+    payload         TEXT NOT NULL,          -- JSON of the form fields
+    created_at      REAL NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    lease_owner     TEXT,
+    lease_until     REAL,
+    last_error      TEXT,
+    delivered_at    REAL,
+    UNIQUE (call_id, request_type)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (call_id, id) WHERE delivered_at IS NULL;
+"""
+
+CALL_FIELDS = (
+    "pbx", "linkedid", "direction", "origin", "started_at", "src_number", "external_number",
+    "did", "internal_number", "dst_numbers", "answered_by", "answered_at", "ended_at",
+    "billsec", "disposition", "recording_file", "trunk",
+)
+
+
+class StoreError(RuntimeError):
+    """The database could not be opened or written."""
+
+
+def connect(path: str, busy_timeout_s: float = 2.0) -> sqlite3.Connection:
+    directory = os.path.dirname(path)
+    try:
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=max(0.05, busy_timeout_s), isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open the call store {path}: {exc}") from exc
+    return conn
+
+
+class Store:
+    """Calls and their facts.  One instance per thread (SQLite connections are not shared)."""
+
+    def __init__(self, path: str, busy_timeout_s: float = 2.0, clock=time.time):
+        self.path = path
+        self.conn = connect(path, busy_timeout_s)
+        self.clock = clock
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        self.conn.execute(f"PRAGMA busy_timeout={max(1, int(seconds * 1000))}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock at once (no upgrade deadlocks)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"call store busy or unwritable: {exc}") from exc
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot commit to the call store: {exc}") from exc
+
+    # --- calls ---------------------------------------------------------------------
+
+    def new_call_id(self) -> int:
+        """A positive int64, larger than any id this store ever gave and than the clock in
+        milliseconds, so ids stay unique across restarts and even after the store is
+        recreated.  Call inside :meth:`transaction` (the write lock serialises writers)."""
+        (highest,) = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM calls").fetchone()
+        return max(highest + 1, int(self.clock() * 1000))
+
+    def insert_call(self, fields: Mapping[str, Any]) -> int:
+        call_id = fields.get("id") or self.new_call_id()
+        row = {k: fields[k] for k in CALL_FIELDS if k in fields}
+        if isinstance(row.get("dst_numbers"), (list, tuple)):
+            row["dst_numbers"] = json.dumps(list(row["dst_numbers"]))
+        columns = ", ".join(["id", *row])
+        marks = ", ".join("?" * (len(row) + 1))
+        self.conn.execute(f"INSERT INTO calls ({columns}) VALUES ({marks})", (call_id, *row.values()))
+        return call_id
+
+    def update_call(self, call_id: int, changes: Mapping[str, Any]) -> None:
+        if not changes:
+            return
+        row = {k: changes[k] for k in CALL_FIELDS if k in changes}
+        if isinstance(row.get("dst_numbers"), (list, tuple)):
+            row["dst_numbers"] = json.dumps(list(row["dst_numbers"]))
+        assignments = ", ".join(f"{k} = ?" for k in row)
+        self.conn.execute(f"UPDATE calls SET {assignments} WHERE id = ?", (*row.values(), call_id))
+
+    def call(self, call_id: int) -> Optional[Dict[str, Any]]:
+        row = self.conn.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+        return call_from_row(row)
+
+    def call_by_linkedid(self, pbx: str, linkedid: str) -> Optional[Dict[str, Any]]:
+        row = self.conn.execute("SELECT * FROM calls WHERE pbx = ? AND linkedid = ?", (pbx, linkedid)).fetchone()
+        return call_from_row(row)
+
+
+def call_from_row(row: Optional[sqlite3.Row]) -> Optional[Dict[str, Any]]:
+    if row is None:
+        return None
+    call = dict(row)
+    call["dst_numbers"] = json.loads(call["dst_numbers"] or "[]")
+    return call
