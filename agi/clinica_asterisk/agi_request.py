@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 MAX_ENV_LINES = 128
 MAX_LINE_BYTES = 4096
+# The script name under which the stage comes as the first argument.
+GENERIC_SCRIPT = "clinica-agi"
 
 
 class EnvBlockError(ValueError):
@@ -75,8 +77,10 @@ class AgiRequest:
 
     @property
     def stage_and_args(self) -> Tuple[str, Tuple[str, ...]]:
-        """FastAGI names the stage in the URL; a script gets it as its first argument."""
-        if self.network:
+        """The stage is the first argument (``AGI(clinica-agi,ring-in,…)`` and
+        ``AGI(agi://host:port/clinica-agi,ring-in,…)``), or the FastAGI script name
+        itself (``AGI(agi://host:port/ring-in,…)``)."""
+        if self.network and self.script not in (GENERIC_SCRIPT, ""):
             return self.script, self.args
         args = self.args
         return (args[0] if args else ""), args[1:]
