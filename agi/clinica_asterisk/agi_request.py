@@ -12,7 +12,7 @@ from typing import Dict, Iterable, Mapping, Tuple
 from urllib.parse import urlsplit
 
 MAX_ENV_LINES = 128
-MAX_LINE_BYTES = 4096
+MAX_LINE_BYTES = 16384
 # The script name under which the stage comes as the first argument.
 GENERIC_SCRIPT = "clinica-agi"
 

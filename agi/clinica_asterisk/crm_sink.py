@@ -30,6 +30,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length)
         sink = self.server
+        with sink.lock:
+            sink.arrivals += 1
+            if sink.hang_after is not None and sink.arrivals > sink.hang_after:
+                sink.behaviour = "hang"
+        sink.arrived.set()
         if sink.behaviour == "hang":
             sink.release.wait(sink.hang_s)
             self.close_connection = True
@@ -57,14 +62,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class CrmSink(ThreadingHTTPServer):
-    """``behaviour``: 'ok' (answer ``status``) or 'hang' (never answer)."""
+    """``behaviour``: 'ok' (answer ``status``) or 'hang' (never answer); ``hang_after``:
+    answer that many requests, then hang."""
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024
 
     def __init__(self, address=("127.0.0.1", 0), status: int = 200, behaviour: str = "ok",
-                 on_push: Optional[Callable[[Dict[str, str]], None]] = None, hang_s: float = 3600):
+                 on_push: Optional[Callable[[Dict[str, str]], None]] = None, hang_s: float = 3600,
+                 hang_after: Optional[int] = None):
         super().__init__(address, _Handler)
         self.status = status
         self.behaviour = behaviour
@@ -73,6 +80,9 @@ class CrmSink(ThreadingHTTPServer):
         self.received: List[Dict[str, str]] = []
         self.paths: List[str] = []
         self.refused = 0
+        self.arrivals = 0
+        self.hang_after = hang_after
+        self.arrived = threading.Event()
         self.lock = threading.Lock()
         self.release = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -92,6 +102,12 @@ class CrmSink(ThreadingHTTPServer):
         self.release.set()
         self.shutdown()
         self.server_close()
+
+    def recover(self) -> None:
+        """Behave again: answer every request (the hung ones are let go)."""
+        with self.lock:
+            self.behaviour, self.status, self.hang_after = "ok", 200, None
+        self.release.set()
 
     def pushes(self) -> List[Dict[str, str]]:
         with self.lock:

@@ -22,9 +22,11 @@ from .agi_request import AgiRequest, EnvBlockError
 from .channel import AgiChannel, ChannelClosed
 from .config import Settings
 from .deadline import Deadline, DeadlineExceeded
+from .dial_options import with_answer_routine
 from .delivery import RESERVE_S, PushSender, send_head_events
 from .events import build_payload
 from .outbox import Outbox
+from .phone import digits_of
 from .store import Store, StoreError
 
 log = logging.getLogger("clinica_asterisk.hook")
@@ -71,21 +73,35 @@ def ring_in(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     }
 
 
+def _install_answer_routine(channel: AgiChannel, variable: str, who: str, leg: str) -> None:
+    """Make Dial run our answer routine (chaining FreePBX's own) on the answering channel."""
+    options = channel.variable(variable)
+    changed = with_answer_routine(options, who, leg)
+    if changed != options:
+        channel.set(variable, changed)
+
+
 @handler("dial")
 def dial(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,dial,<extension>) before an extension, ring group or queue rings."""
-    return {"target": _arg(args, 0), "group": channel.variable("NODEST")}
+    """AGI(clinica-agi,dial,<extension>) before an extension, ring group or queue rings
+    (FreePBX's predial hooks; D_OPTIONS are the Dial options of one extension)."""
+    member = call_flow.as_extension(_arg(args, 0))
+    if member and channel.variable("DEXTEN"):
+        _install_answer_routine(channel, "D_OPTIONS", member, "ext")
+    return {"target": member, "group": channel.variable("NODEST")}
 
 
 @handler("ring-out")
 def ring_out(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     """AGI(clinica-agi,ring-out,<AMPUSER>,<number>,<trunk>) before a trunk is dialled."""
+    number = _arg(args, 1) or channel.variable("DIAL_NUMBER")
+    _install_answer_routine(channel, "DIAL_TRUNK_OPTIONS", digits_of(number).lstrip("+"), "trunk")
     return {
         "linkedid": _linkedid(channel),
         # AMPUSER from the dialplan; else the calling device (click-to-call has no AMPUSER).
         # Not CALLERID(num): FreePBX has already set the trunk's outbound caller id.
         "caller_extension": _arg(args, 0) or call_flow.extension_of_channel(channel.variable("CHANNEL")),
-        "number": _arg(args, 1) or channel.variable("DIAL_NUMBER"),
+        "number": number,
         "trunk": _arg(args, 2),
     }
 

@@ -20,6 +20,8 @@ def digits_of(raw: str) -> str:
     garbage caller id can never stop a push.
     """
     text = (raw or "").strip()
+    if "<" in text and text.endswith(">"):
+        text = text[text.rindex("<") + 1:-1]  # '"Room 5" <0670219424>': the number, not the name
     if text.lower() in ANONYMOUS:
         return ""
     plus = text.startswith("+")

@@ -1,0 +1,134 @@
+"""The FreePBX-shaped calls recorded on Asterisk 22, hook by hook through the handlers over
+real sockets, pushed to a real HTTP server: the exact events the CRM receives."""
+
+import pytest
+from fake_asterisk import freepbx_calls
+from helpers import play_freepbx_call
+
+from clinica_asterisk.hooks import HookServices
+
+CALLS = freepbx_calls()
+
+
+def received_in(did, external, internal):
+    return {"didNumber": did, "externalNumber": external, "internalNumber": internal,
+            "generalCallID": "ID", "callType": "0", "requestType": "receivedTheCall"}
+
+
+def answered_in(did, external, internal):
+    return dict(received_in(did, external, internal), requestType="answeredTheCall")
+
+
+def received_out(external, internal):
+    return {"externalNumber": external, "internalNumber": internal, "generalCallID": "ID",
+            "callType": "1", "requestType": "receivedTheCall"}
+
+
+def answered_out(external, internal):
+    return dict(received_out(external, internal), requestType="answeredTheCall")
+
+
+def hangup(billsec):
+    return {"generalCallID": "ID", "billsec": str(billsec), "requestType": "hangupTheCall"}
+
+
+EXPECTED = {
+    "in-801": [received_in("0443334000", "0670219424", "801"),
+               answered_in("0443334000", "0670219424", "801"), hangup(4)],
+    # The group rings first (internalNumber 600); the member who answered is reported.
+    "in-group": [received_in("0443334001", "0670219425", "600"),
+                 answered_in("0443334001", "0670219425", "802"), hangup(3)],
+    # Caller id in E.164 comes out national; billsec is the talk time, not CDR(billsec).
+    "in-queue": [received_in("0443334003", "0670219427", "400"),
+                 answered_in("0443334003", "0670219427", "802"), hangup(3)],
+    "in-miss": [received_in("0443334002", "0670219426", "803"), hangup(0)],
+    "in-busy": [received_in("0443334004", "0670219428", "804"), hangup(0)],
+    "out-answer": [received_out("0670219424", "904"), answered_out("0670219424", "904"), hangup(3)],
+    "out-noanswer": [received_out("0671111111", "904"), hangup(0)],
+    "out-busy": [received_out("0672222222", "904"), hangup(0)],
+    # Two trunks tried, one call: one receivedTheCall.
+    "out-failover": [received_out("0993333333", "904"), answered_out("0993333333", "904"), hangup(2)],
+    # Originated without the API (no call id passed): the extension is taken from the channel.
+    "click-to-call": [received_out("0670219424", "801"), answered_out("0670219424", "801"), hangup(4)],
+}
+
+DISPOSITIONS = {
+    "in-801": "ANSWER", "in-group": "ANSWER", "in-queue": "ANSWER", "in-miss": "CANCEL",
+    "in-busy": "BUSY", "out-answer": "ANSWER", "out-noanswer": "CANCEL", "out-busy": "BUSY",
+    "out-failover": "ANSWER", "click-to-call": "ANSWER",
+}
+
+
+def test_every_recorded_scenario_is_covered():
+    assert set(CALLS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+def test_recorded_call_pushes_exactly_these_events(scenario, crm, settings_for):
+    services = HookServices.open(settings_for(crm.url))
+    play_freepbx_call(services, CALLS[scenario])
+
+    pushes = crm.pushes()
+    ids = {p["generalCallID"] for p in pushes}
+    assert len(ids) == 1, "one generalCallID for the whole call"
+    call_id = ids.pop()
+    assert call_id.isdigit() and 2**31 < int(call_id) < 2**63
+    assert [dict(p, generalCallID="ID") for p in pushes] == EXPECTED[scenario]
+
+
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+def test_recorded_call_is_stored_with_its_facts(scenario, crm, settings_for):
+    services = HookServices.open(settings_for(crm.url))
+    play_freepbx_call(services, CALLS[scenario])
+    call_id = int(crm.pushes()[0]["generalCallID"])
+    call = services.store.call(call_id)
+    assert call["disposition"] == DISPOSITIONS[scenario]
+    assert call["ended_at"] is not None
+    assert call["recording_file"].endswith(".wav")
+    assert call["linkedid"] == CALLS[scenario][0].variables["${CHANNEL(linkedid)}"]
+
+
+def test_ring_group_stores_every_member_tried(crm, settings_for):
+    services = HookServices.open(settings_for(crm.url))
+    play_freepbx_call(services, CALLS["in-group"])
+    call = services.store.call(int(crm.pushes()[0]["generalCallID"]))
+    assert call["internal_number"] == "600"
+    assert sorted(call["dst_numbers"]) == ["600", "801", "802"]
+    assert call["answered_by"] == "802"
+
+
+def test_failover_stores_the_trunk_that_carried_the_call(crm, settings_for):
+    services = HookServices.open(settings_for(crm.url))
+    play_freepbx_call(services, CALLS["out-failover"])
+    call = services.store.call(int(crm.pushes()[0]["generalCallID"]))
+    assert call["trunk"] == "2"
+
+
+def test_the_call_id_is_inherited_by_every_later_leg(crm, settings_for):
+    services = HookServices.open(settings_for(crm.url))
+    _, call = play_freepbx_call(services, CALLS["in-queue"])
+    set_by = [(label, name) for label, name, _ in call.set_on_channel if name == "__CLINICA_CALLID"]
+    assert set_by == [("ring-in", "__CLINICA_CALLID")]
+
+
+def test_extension_hook_chains_freepbx_answer_routine(crm, settings_for):
+    services = HookServices.open(settings_for(crm.url))
+    _, call = play_freepbx_call(services, CALLS["in-queue"])
+    options = [value for label, name, value in call.set_on_channel if name == "D_OPTIONS"]
+    assert options == ["HhtrIU(clinica-answer^803^ext^macro-auto-blkvm)",
+                       "HhtrIU(clinica-answer^802^ext^macro-auto-blkvm)"]
+
+
+def test_trunk_hook_adds_the_answer_routine_on_every_trunk_tried(crm, settings_for):
+    services = HookServices.open(settings_for(crm.url))
+    _, call = play_freepbx_call(services, CALLS["out-failover"])
+    options = [value for label, name, value in call.set_on_channel if name == "DIAL_TRUNK_OPTIONS"]
+    assert options == ["U(clinica-answer^0993333333^trunk)"] * 2
+
+
+def test_every_hook_leaves_a_status_for_the_dialplan(crm, settings_for):
+    services = HookServices.open(settings_for(crm.url))
+    _, call = play_freepbx_call(services, CALLS["in-group"])
+    statuses = [(label, value) for label, name, value in call.set_on_channel if name == "CLINICA_STATUS"]
+    assert statuses == [("ring-in", "SKIPPED"), ("predial-ringall", "SENT"), ("predial-one", "SKIPPED"),
+                        ("predial-one", "SKIPPED"), ("answer", "SENT"), ("hangup", "SENT")]

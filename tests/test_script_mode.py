@@ -1,0 +1,123 @@
+"""``clinica-agi`` run as Asterisk runs an AGI script (a process, env block on stdin,
+commands on stdout), against the sessions recorded on a real Asterisk 22."""
+
+import os
+import sys
+
+import pytest
+from fake_asterisk import FakeCall, asterisk22_sessions, run_script
+
+SCRIPT = [os.path.join(os.path.dirname(sys.executable), "clinica-agi")]
+SESSIONS = asterisk22_sessions()
+
+# What a plain (non-FreePBX) dialplan passes at each of the recorded points:
+#   AGI(clinica-agi,ring-in,${EXTEN},<target>)  AGI(clinica-agi,answer)
+#   AGI(clinica-agi,ring-out,${CALLERID(num)},${EXTEN})  AGI(clinica-agi,hangup,in|out)
+OUR_ARGS = {
+    "ring-in": ["ring-in", "0443334000", "801"],
+    "ring-group": ["ring-in", "0443334001", "600"],
+    "ring-miss": ["ring-in", "0443334002", "803"],
+    "ring-out": ["ring-out", "904", "0670219424"],
+    "answer": ["answer"],
+    "hangup-in": ["hangup", "in"],
+    "hangup-out": ["hangup", "out"],
+}
+
+
+def recorded_calls():
+    """The recorded sessions grouped by call (linkedid), in order."""
+    calls = {}
+    for session in SESSIONS:
+        calls.setdefault(session.variables["${CHANNEL(linkedid)}"], []).append(session)
+    return list(calls.values())
+
+
+def script_env(tmp_path, url, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINICA_")}
+    env.update(CLINICA_CRM_PUSH_URL=url, CLINICA_DATA_DIR=str(tmp_path / "data"),
+               CLINICA_ENV_FILE=str(tmp_path / "empty.env"), **extra)
+    (tmp_path / "empty.env").write_text("")
+    return env
+
+
+def play(call_sessions, env):
+    call = FakeCall()
+    conversations = []
+    for session in call_sessions:
+        conversations.append(run_script(SCRIPT, call, session.with_args(OUR_ARGS[session.label]), env))
+    return conversations
+
+
+def test_recordings_hold_the_four_calls():
+    assert [[s.label for s in c] for c in recorded_calls()] == [
+        ["ring-in", "answer", "hangup-in"], ["ring-group", "answer", "hangup-in"],
+        ["ring-miss", "hangup-in"], ["ring-out", "answer", "hangup-out"]]
+
+
+EXPECTED = [
+    [{"didNumber": "0443334000", "externalNumber": "0670219424", "internalNumber": "801", "callType": "0", "requestType": "receivedTheCall"},
+     {"didNumber": "0443334000", "externalNumber": "0670219424", "internalNumber": "801", "callType": "0", "requestType": "answeredTheCall"},
+     {"billsec": "3", "requestType": "hangupTheCall"}],
+    [{"didNumber": "0443334001", "externalNumber": "0670219425", "internalNumber": "600", "callType": "0", "requestType": "receivedTheCall"},
+     {"didNumber": "0443334001", "externalNumber": "0670219425", "internalNumber": "802", "callType": "0", "requestType": "answeredTheCall"},
+     {"billsec": "2", "requestType": "hangupTheCall"}],
+    [{"didNumber": "0443334002", "externalNumber": "0670219426", "internalNumber": "803", "callType": "0", "requestType": "receivedTheCall"},
+     {"billsec": "0", "requestType": "hangupTheCall"}],
+    [{"externalNumber": "0670219424", "internalNumber": "904", "callType": "1", "requestType": "receivedTheCall"},
+     {"externalNumber": "0670219424", "internalNumber": "904", "callType": "1", "requestType": "answeredTheCall"},
+     {"billsec": "2", "requestType": "hangupTheCall"}],
+]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_script_replays_recorded_call_and_pushes_exact_events(index, crm, tmp_path):
+    conversations = play(recorded_calls()[index], script_env(tmp_path, crm.url, CLINICA_COMPANY_ID="3041"))
+
+    pushes = crm.pushes()
+    call_ids = {p.pop("generalCallID") for p in pushes}
+    assert len(call_ids) == 1
+    assert all(p.pop("companyID") == "3041" for p in pushes)
+    assert pushes == EXPECTED[index]
+    for conv in conversations:
+        assert conv.returncode == 0
+        # Only well-formed commands reached Asterisk: no debug output, nothing it refused.
+        assert not any(a.startswith("510") for a in conv.answers), conv.commands
+        assert conv.commands[-1].startswith('SET VARIABLE "CLINICA_STATUS"')
+
+
+def test_script_reports_status_and_keeps_the_call_id_for_later_legs(crm, tmp_path):
+    ring_in = recorded_calls()[0][0]
+    call = FakeCall()
+    conv = run_script(SCRIPT, call, ring_in.with_args(OUR_ARGS["ring-in"]), script_env(tmp_path, crm.url))
+    assert ("ring-in", "CLINICA_STATUS", "SENT") in call.set_on_channel
+    assert call.inherited["CLINICA_CALLID"] == crm.pushes()[0]["generalCallID"]
+    assert conv.closed_by_script
+
+
+def test_script_with_invalid_configuration_lets_the_call_go_on(crm, tmp_path):
+    ring_in = recorded_calls()[0][0]
+    call = FakeCall()
+    env = script_env(tmp_path, crm.url, CLINICA_HOOK_DEADLINE_MS="soon")
+    conv = run_script(SCRIPT, call, ring_in.with_args(OUR_ARGS["ring-in"]), env)
+    assert conv.returncode == 0
+    assert ("ring-in", "CLINICA_STATUS", "FAILED") in call.set_on_channel
+    verbose = [c for c in conv.commands if c.startswith("VERBOSE")]
+    assert verbose and "CLINICA_HOOK_DEADLINE_MS" in verbose[0]
+    assert crm.pushes() == []
+
+
+def test_script_with_unknown_stage_says_so(crm, tmp_path):
+    session = recorded_calls()[0][0].with_args(["ring-sideways"])
+    call = FakeCall()
+    conv = run_script(SCRIPT, call, session, script_env(tmp_path, crm.url))
+    assert ("ring-in", "CLINICA_STATUS", "NOTFOUND") in call.set_on_channel
+    assert any("unknown stage" in c for c in conv.commands)
+
+
+def test_script_without_asterisk_on_stdin_exits_quietly(tmp_path, crm):
+    import subprocess
+
+    done = subprocess.run(SCRIPT, input=b"", capture_output=True, env=script_env(tmp_path, crm.url), timeout=15)
+    assert done.returncode == 0
+    assert done.stdout == b""
+    assert b"no AGI session" in done.stderr
