@@ -1,0 +1,62 @@
+import os
+import stat
+
+import pytest
+
+from clinica_asterisk.config import DEFAULTS, ConfigError, build_settings, load_settings
+
+
+def settings(**values):
+    return build_settings({**DEFAULTS, **values})
+
+
+def test_defaults_are_valid_and_listen_on_loopback_only():
+    s = settings()
+    assert s.fastagi_bind == ("127.0.0.1", 4574)
+    assert s.api_bind == ("127.0.0.1", 8574)
+    assert s.hook_deadline_s == 2.0
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("CLINICA_HOOK_DEADLINE_MS", "soon", "whole number from 100 to 30000"),
+    ("CLINICA_HOOK_DEADLINE_MS", "99999", "whole number from 100 to 30000"),
+    ("CLINICA_NUMBER_FORMAT", "international", "national, e164, raw"),
+    ("CLINICA_CRM_PUSH_URL", "ftp://crm", "http:// or https://"),
+    ("CLINICA_COMPANY_ID", "30a1", "digits"),
+    ("CLINICA_FASTAGI_BIND", "localhost:4574", "ADDRESS:PORT"),
+    ("CLINICA_FASTAGI_ALLOW", "10.0.0.0/33", "addresses or networks"),
+    ("CLINICA_LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+    ("CLINICA_DEADLINE_MS", "100", "unknown setting"),
+])
+def test_a_bad_value_names_the_key_and_what_is_allowed(key, value, words):
+    with pytest.raises(ConfigError) as error:
+        settings(**{key: value})
+    assert str(error.value).startswith(f"{key}:") and words in str(error.value)
+
+
+def test_secrets_never_appear_in_errors_or_repr():
+    with pytest.raises(ConfigError) as error:
+        settings(CLINICA_API_KEYS="key-without-secret-TOPSECRET")
+    assert "TOPSECRET" not in str(error.value)
+    s = settings(CLINICA_API_KEYS="k:TOPSECRET", CLINICA_AMI_SECRET="AMISECRET")
+    assert s.api_keys == {"k": "TOPSECRET"}
+    assert "TOPSECRET" not in repr(s) and "AMISECRET" not in repr(s)
+
+
+def test_environment_over_file_over_defaults(tmp_path):
+    env_file = tmp_path / "clinica.env"
+    env_file.write_text("CLINICA_COMPANY_ID=3041\nCLINICA_HOOK_DEADLINE_MS=1500\nOTHER=x\n")
+    os.chmod(env_file, stat.S_IRUSR | stat.S_IWUSR)
+    s = load_settings({"CLINICA_ENV_FILE": str(env_file), "CLINICA_HOOK_DEADLINE_MS": "800"})
+    assert (s.company_id, s.hook_deadline_s, s.number_format) == ("3041", 0.8, "national")
+    assert s.source == str(env_file)
+
+
+def test_a_named_env_file_that_is_missing_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="CLINICA_ENV_FILE"):
+        load_settings({"CLINICA_ENV_FILE": str(tmp_path / "nope.env")})
+
+
+def test_example_file_holds_every_setting():
+    example = open(os.path.join(os.path.dirname(__file__), "..", ".env.example")).read()
+    assert all(key in example for key in DEFAULTS), [k for k in DEFAULTS if k not in example]
