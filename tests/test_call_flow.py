@@ -108,3 +108,8 @@ def test_hangup_of_a_call_no_hook_stored_still_tells_the_crm():
 def test_second_hangup_changes_nothing():
     plan = plan_hangup(incoming(ended_at=3.0, billsec=5), {"dialstatus": "ANSWER", "answeredtime": "9"}, FMT, 9.0)
     assert plan.changes == {} and plan.events == ("receivedTheCall", "hangupTheCall")
+
+
+def test_trunk_leg_of_an_incoming_call_hanging_up_does_not_end_the_call():
+    plan = plan_hangup(incoming(), {"direction": "out", "dialstatus": "NOANSWER"}, FMT, 5.0)
+    assert plan.changes == {} and plan.events == ()

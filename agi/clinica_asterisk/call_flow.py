@@ -215,6 +215,10 @@ def plan_hangup(call: Optional[Mapping[str, Any]], facts: Mapping[str, str], fmt
         direction = OUTGOING if facts.get("direction") == OUTGOING else INCOMING
         create = (new_outgoing if direction == OUTGOING else new_incoming)(facts, fmt, now)
         call = create
+    elif facts.get("direction") == OUTGOING and call["direction"] == INCOMING:
+        # A trunk leg of an incoming call (follow-me to a mobile, an external group
+        # member) ended; the call goes on.
+        return Plan(note="trunk leg of an incoming call hung up")
     if call.get("ended_at"):
         return Plan(events=(RECEIVED, HANGUP))
     ended = {
