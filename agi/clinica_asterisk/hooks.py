@@ -158,9 +158,11 @@ class HookServices:
         self.pbx = self.pbx or s.pbx_id or socket.gethostname()
 
     @classmethod
-    def open(cls, settings: Settings, sender: Optional[PushSender] = None, pbx: str = "") -> "HookServices":
+    def open(cls, settings: Settings, sender: Optional[PushSender] = None, pbx: str = "",
+             transport=None) -> "HookServices":
         store = Store(settings.db_path, busy_timeout_s=settings.hook_deadline_s)
-        return cls(settings, store, sender or PushSender(settings.crm_push_url, settings.push_format), pbx)
+        sender = sender or PushSender(settings.crm_push_url, settings.push_format, transport)
+        return cls(settings, store, sender, pbx)
 
 
 @dataclass

@@ -47,11 +47,12 @@ def main() -> int:
     logs.configure(settings.log_level, settings.log_file,
                    default_file=os.path.join(settings.data_dir, "clinica-agi.log"))
 
+    from .delivery import OneShotTransport
     from .hooks import HookServices, run_hook
     from .store import StoreError
 
     try:
-        services = HookServices.open(settings)
+        services = HookServices.open(settings, transport=OneShotTransport())
     except StoreError as exc:
         finish(channel, deadline, HookResult(request.stage_and_args[0] or "?", FAILED, detail=str(exc)))
         return 0
