@@ -113,3 +113,12 @@ def test_second_hangup_changes_nothing():
 def test_trunk_leg_of_an_incoming_call_hanging_up_does_not_end_the_call():
     plan = plan_hangup(incoming(), {"direction": "out", "dialstatus": "NOANSWER"}, FMT, 5.0)
     assert plan.changes == {} and plan.events == ()
+
+
+def test_click_to_call_stored_by_the_api_gets_its_linkedid_on_the_trunk_hook():
+    call = {"id": 7, "direction": "out", "origin": "api", "linkedid": None, "internal_number": "801",
+            "external_number": "0670219424", "dst_numbers": []}
+    plan = plan_ring_out(call, {"linkedid": "1795715147.29", "number": "0670219424", "trunk": "1",
+                                "caller_extension": ""}, FMT, 1.0)
+    assert plan.changes == {"linkedid": "1795715147.29", "trunk": "1", "dst_numbers": ["0670219424"]}
+    assert plan.events == ("receivedTheCall",)

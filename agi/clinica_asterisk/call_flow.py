@@ -174,6 +174,8 @@ def plan_ring_out(call: Optional[Mapping[str, Any]], facts: Mapping[str, str], f
     if call["direction"] != OUTGOING:
         return Plan(note="trunk leg of an incoming call (follow-me, forward)")
     changes: Dict[str, Any] = {}
+    if facts.get("linkedid") and not call.get("linkedid"):
+        changes["linkedid"] = facts["linkedid"]  # a click-to-call stored by the API before it rang
     if facts.get("trunk"):
         changes["trunk"] = facts["trunk"][:40]
     number = fmt(facts.get("number", ""))
