@@ -2,8 +2,8 @@
 real sockets, pushed to a real HTTP server: the exact events the CRM receives."""
 
 import pytest
-from fake_asterisk import freepbx_calls
-from helpers import play_freepbx_call
+from fake_asterisk import FakeCall, freepbx_calls
+from helpers import our_args, play_freepbx_call, run_over_socket
 
 from clinica_asterisk.hooks import HookServices
 
@@ -132,3 +132,19 @@ def test_every_hook_leaves_a_status_for_the_dialplan(crm, settings_for):
     statuses = [(label, value) for label, name, value in call.set_on_channel if name == "CLINICA_STATUS"]
     assert statuses == [("ring-in", "SKIPPED"), ("predial-ringall", "SENT"), ("predial-one", "SKIPPED"),
                         ("predial-one", "SKIPPED"), ("answer", "SENT"), ("hangup", "SENT")]
+
+
+def test_click_to_call_from_the_api_keeps_the_id_it_answered_with(crm, settings_for):
+    services = HookServices.open(settings_for(crm.url))
+    with services.store.transaction():
+        call_id = services.store.insert_call({"direction": "out", "origin": "api", "started_at": 1.0,
+                                              "internal_number": "801", "external_number": "0670219424",
+                                              "src_number": "0670219424"})
+    call = FakeCall()
+    call.inherited["CLINICA_CALLID"] = str(call_id)  # Originate's Variable: __CLINICA_CALLID=<id>
+    statuses = [run_over_socket(services, call, s.with_args(our_args(s)))[0].status
+                for s in CALLS["click-to-call"]]
+    assert statuses == ["SKIPPED", "SKIPPED", "SENT", "SENT", "SENT"]
+    assert [dict(p, generalCallID="ID") for p in crm.pushes()] == EXPECTED["click-to-call"]
+    assert {p["generalCallID"] for p in crm.pushes()} == {str(call_id)}
+    assert services.store.call(call_id)["linkedid"] == "1795715147.29"
