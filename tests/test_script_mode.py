@@ -83,6 +83,7 @@ def test_script_replays_recorded_call_and_pushes_exact_events(index, crm, tmp_pa
         # Only well-formed commands reached Asterisk: no debug output, nothing it refused.
         assert not any(a.startswith("510") for a in conv.answers), conv.commands
         assert conv.commands[-1].startswith('SET VARIABLE "CLINICA_STATUS"')
+        assert conv.extra_stderr == ""  # pyst2's debug output and our log stay off Asterisk's console
 
 
 def test_script_reports_status_and_keeps_the_call_id_for_later_legs(crm, tmp_path):
