@@ -14,6 +14,7 @@ from .config import ConfigError, load_settings
 # name -> (module under clinica_asterisk.commands, one-line help)
 COMMANDS = {
     "deliver": ("deliver", "send the queued push events (once, or as a worker with --forever)"),
+    "doctor": ("doctor", "check configuration, CRM, AMI, dialplan, data, outbox and ports; one line each"),
 }
 
 

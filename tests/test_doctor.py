@@ -1,0 +1,450 @@
+"""``clinica-asterisk doctor`` run in-process against real things: a CRM sink over HTTP, a
+closed port, a fake AMI on a real socket, a stand-in ``asterisk`` command, a real call
+store and listening sockets."""
+
+import os
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from clinica_asterisk import cli
+from clinica_asterisk.commands import doctor
+from clinica_asterisk.outbox import Outbox
+from clinica_asterisk.store import Store
+
+# pyst2's threads use names deprecated since Python 3.10.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+AMI_SECRET = "ami-secret-6c1f0e"
+API_SECRET = "api-secret-93b2d4"
+
+CONTEXT_LISTING = """[ Context 'clinica-push' created by 'pbx_config' ]
+  '_[+0-9].' =>     1. Gosub(clinica-push,incoming,1(${EXTEN}))     [extensions_clinica.conf:46]
+  'incoming' =>     1. ExecIf(...)                                  [extensions_clinica.conf:52]
+
+-= 2 extensions (7 priorities) in 1 context. =-
+"""
+NO_CONTEXT = "There is no existence of 'clinica-push' context\n"
+NOT_RUNNING = "Unable to connect to remote asterisk (does /var/run/asterisk/asterisk.ctl exist?)\n"
+
+
+def globals_listing(agi):
+    line = f"   CLINICA_AGI={agi}\n" if agi is not None else ""
+    return f"   AMPMGRUSER=admin\n{line}   ASTETCDIR=/etc/asterisk\n\n    -- 3 variable(s)\n"
+
+
+class FakeAmi:
+    """Asterisk's manager interface as far as a login goes, on a real socket."""
+
+    def __init__(self, user="clinica", secret=AMI_SECRET, silent=False):
+        self.user, self.secret, self.silent = user, secret, silent
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.port = self.sock.getsockname()[1]
+        self.logins = []
+        self.clients = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.clients.append(conn)
+            if not self.silent:
+                threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+
+    def session(self, conn):
+        stream = conn.makefile("rwb", buffering=0)
+        stream.write(b"Asterisk Call Manager/7.0.3\r\n")
+        headers = {}
+        for raw in stream:
+            line = raw.decode().rstrip("\r\n")
+            if line:
+                name, _, value = line.partition(": ")
+                headers[name] = value
+                continue
+            action, action_id = headers.get("Action", ""), headers.get("ActionID", "")
+            if action == "Login":
+                self.logins.append(headers.get("Username"))
+                good = (headers.get("Username"), headers.get("Secret")) == (self.user, self.secret)
+                answer = "Success\r\nMessage: Authentication accepted" if good else "Error\r\nMessage: Authentication failed"
+            elif action == "Logoff":
+                stream.write(f"Response: Goodbye\r\nActionID: {action_id}\r\nMessage: Thanks for all the fish.\r\n\r\n".encode())
+                break
+            else:
+                answer = "Error\r\nMessage: Invalid/unknown command"
+            stream.write(f"Response: {answer}\r\nActionID: {action_id}\r\n\r\n".encode())
+            headers = {}
+        conn.close()
+
+    def close(self):
+        self.sock.close()
+        for conn in self.clients:
+            conn.close()
+
+
+@pytest.fixture
+def ami():
+    server = FakeAmi()
+    yield server
+    server.close()
+
+
+def listener():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(5)
+    return sock
+
+
+def free_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.fixture
+def ports():
+    fastagi, api = listener(), listener()
+    yield fastagi.getsockname()[1], api.getsockname()[1]
+    fastagi.close()
+    api.close()
+
+
+@pytest.fixture
+def stand_ins(tmp_path, monkeypatch):
+    """A directory on PATH (and nothing else) for a stand-in asterisk command."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir
+
+
+def stand_in_asterisk(bin_dir, context=CONTEXT_LISTING, agi="agi://127.0.0.1:4574/clinica-agi", status=0):
+    (bin_dir / "context.txt").write_text(context)
+    (bin_dir / "globals.txt").write_text(globals_listing(agi))
+    # In Python: PATH holds nothing but this directory.
+    script = bin_dir / "asterisk"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        f"with open({str(bin_dir / 'calls.log')!r}, 'a') as log:\n"
+        "    log.write(' '.join(sys.argv[1:]) + '\\n')\n"
+        f"answers = {{'dialplan show clinica-push': 'context.txt', 'dialplan show globals': 'globals.txt'}}\n"
+        "if sys.argv[2] in answers:\n"
+        f"    sys.stdout.write(open({str(bin_dir)!r} + '/' + answers[sys.argv[2]]).read())\n"
+        f"sys.exit({status})\n")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch, crm, ami, ports, stand_ins):
+    """Everything in order; each test breaks one thing."""
+    for key in list(os.environ):
+        if key.startswith("CLINICA_"):
+            monkeypatch.delenv(key)
+    stand_in_asterisk(stand_ins)
+    data = tmp_path / "data"
+    data.mkdir()
+    values = {
+        "CLINICA_CRM_PUSH_URL": crm.url,
+        "CLINICA_DATA_DIR": str(data),
+        "CLINICA_AMI_HOST": "127.0.0.1",
+        "CLINICA_AMI_PORT": str(ami.port),
+        "CLINICA_AMI_USER": "clinica",
+        "CLINICA_AMI_SECRET": AMI_SECRET,
+        "CLINICA_API_KEYS": f"701151-a3a9ca8:{API_SECRET}",
+        "CLINICA_FASTAGI_BIND": f"127.0.0.1:{ports[0]}",
+        "CLINICA_API_BIND": f"127.0.0.1:{ports[1]}",
+    }
+    env_file = tmp_path / "clinica.env"
+
+    def write(**changes):
+        merged = dict(values, **{f"CLINICA_{k.upper()}": v for k, v in changes.items()})
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in merged.items() if v is not None))
+        env_file.chmod(0o600)
+
+    write()
+    monkeypatch.setenv("CLINICA_ENV_FILE", str(env_file))
+    return type("Setup", (), {"write": staticmethod(write), "env_file": env_file, "data": data,
+                              "bin": stand_ins, "crm": crm, "ami": ami})
+
+
+def run_doctor(capsys, *args):
+    status = cli.main(["doctor", "--timeout", "2", *args])
+    out, err = capsys.readouterr()
+    lines = {line.split()[1]: line for line in out.splitlines()}
+    return status, lines, out + err
+
+
+def status_of(lines, name):
+    return lines[name].split()[0]
+
+
+# --- all in order -------------------------------------------------------------------------
+
+def test_everything_in_order_gives_one_ok_line_per_check_and_exit_0(setup, capsys):
+    status, lines, out = run_doctor(capsys)
+
+    assert list(lines) == ["configuration", "crm", "ami", "dialplan", "data", "outbox", "fastagi", "api"]
+    assert {name: status_of(lines, name) for name in lines} == dict.fromkeys(lines, "OK"), out
+    assert status == 0
+    assert f"read from {setup.env_file}" in lines["configuration"]
+    assert "secrets set: CLINICA_AMI_SECRET, CLINICA_API_KEYS" in lines["configuration"]
+    assert "answered HTTP 501" in lines["crm"]  # the sink takes POST only: it is there all the same
+    assert "logged in as clinica@127.0.0.1" in lines["ami"]
+    assert "clinica-push loaded (2 extensions)" in lines["dialplan"]
+    assert "FastAGI mode: CLINICA_AGI=agi://127.0.0.1:4574/clinica-agi" in lines["dialplan"]
+    assert "nothing waiting" in lines["outbox"] or "no call store yet" in lines["outbox"]
+    assert setup.crm.pushes() == []  # nothing was pushed
+    assert setup.ami.logins == ["clinica"]
+
+
+def test_secrets_are_never_shown(setup, capsys):
+    setup.write(ami_secret="wrong-" + AMI_SECRET)  # a failing login must not show it either
+    _, _, out = run_doctor(capsys)
+    assert AMI_SECRET not in out and API_SECRET not in out
+
+
+# --- configuration ------------------------------------------------------------------------
+
+def test_invalid_configuration_stops_with_the_key_named(setup, capsys):
+    setup.write(hook_deadline_ms="soon")
+    status = cli.main(["doctor"])
+    err = capsys.readouterr().err
+    assert status == cli.ExitStatus.CONFIG
+    assert "CLINICA_HOOK_DEADLINE_MS" in err
+
+
+def test_a_configuration_file_others_can_read_is_a_warning(setup, capsys):
+    setup.env_file.chmod(0o644)
+    status, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "configuration") == "WARN"
+    assert f"chmod 600 {setup.env_file}" in lines["configuration"]
+    assert status == 0
+
+
+# --- the CRM ------------------------------------------------------------------------------
+
+def test_crm_down_fails(setup, capsys, closed_port_url):
+    setup.write(crm_push_url=closed_port_url)
+    status, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "crm") == "FAIL"
+    assert "cannot connect" in lines["crm"] and "Connection refused" in lines["crm"]
+    assert status == 1
+
+
+def test_crm_that_never_answers_fails_within_the_time_limit(setup, capsys):
+    silent = listener()  # accepts the connection, never answers
+    try:
+        setup.write(crm_push_url=f"http://127.0.0.1:{silent.getsockname()[1]}/api/Binotel/Push")
+        status, lines, _ = run_doctor(capsys, "--timeout", "0.3")
+    finally:
+        silent.close()
+    assert status_of(lines, "crm") == "FAIL"
+    assert "no answer within 0.3 s" in lines["crm"]
+
+
+def test_the_example_crm_url_fails_without_asking_anyone(setup, capsys):
+    setup.write(crm_push_url="https://clinic.example.com/api/Binotel/Push")
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "crm") == "FAIL"
+    assert "set CLINICA_CRM_PUSH_URL" in lines["crm"]
+
+
+def test_a_url_token_is_not_shown(setup, capsys):
+    setup.write(crm_push_url=setup.crm.url + "?token=url-token-77")
+    _, lines, out = run_doctor(capsys)
+    assert status_of(lines, "crm") == "OK"
+    assert "url-token-77" not in out
+
+
+# --- AMI ----------------------------------------------------------------------------------
+
+def test_ami_with_a_wrong_secret_fails(setup, capsys):
+    setup.write(ami_secret="not-the-secret")
+    status, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "ami") == "FAIL"
+    assert "login refused (Authentication failed)" in lines["ami"]
+    assert status == 1
+
+
+def test_ami_that_never_greets_fails_within_the_time_limit(setup, capsys):
+    silent = FakeAmi(silent=True)
+    try:
+        setup.write(ami_port=str(silent.port))
+        _, lines, _ = run_doctor(capsys, "--timeout", "0.3")
+    finally:
+        silent.close()
+    assert status_of(lines, "ami") == "FAIL"
+    assert "no answer within 0.3 s" in lines["ami"]
+
+
+def test_ami_not_listening_fails(setup, capsys):
+    setup.write(ami_port=str(free_port()))
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "ami") == "FAIL"
+    assert "cannot connect" in lines["ami"]
+
+
+def test_without_an_ami_user_click_to_call_is_off_with_a_warning(setup, capsys):
+    setup.write(ami_user=None, ami_secret=None)
+    status, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "ami") == "WARN"
+    assert "click-to-call is off" in lines["ami"]
+    assert status == 0
+    assert setup.ami.logins == []
+
+
+# --- dialplan -----------------------------------------------------------------------------
+
+def test_dialplan_not_loaded_fails_and_says_how_to_load_it(setup, capsys):
+    stand_in_asterisk(setup.bin, context=NO_CONTEXT)
+    status, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "dialplan") == "FAIL"
+    assert "#include extensions_clinica.conf" in lines["dialplan"] and "fwconsole reload" in lines["dialplan"]
+    assert status == 1
+
+
+def test_asterisk_not_running_fails(setup, capsys):
+    stand_in_asterisk(setup.bin, context=NOT_RUNNING, status=1)
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "dialplan") == "FAIL"
+    assert "Unable to connect to remote asterisk" in lines["dialplan"]
+
+
+def test_asterisk_asked_the_right_questions(setup, capsys):
+    run_doctor(capsys)
+    assert (setup.bin / "calls.log").read_text().splitlines() == [
+        "-rx dialplan show clinica-push", "-rx dialplan show globals"]
+
+
+def test_without_asterisk_on_this_host_the_dialplan_is_a_warning(setup, capsys):
+    (setup.bin / "asterisk").unlink()
+    status, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "dialplan") == "WARN"
+    assert "not on this host" in lines["dialplan"]
+    assert status == 0
+
+
+def test_script_mode_needs_the_agi_script(setup, capsys, tmp_path, monkeypatch):
+    stand_in_asterisk(setup.bin, agi=None)
+    monkeypatch.setattr(doctor, "AGI_SCRIPT", str(tmp_path / "agi-bin" / "clinica-agi"))
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "dialplan") == "FAIL"
+    assert "script mode (CLINICA_AGI unset)" in lines["dialplan"] and "missing" in lines["dialplan"]
+
+    (tmp_path / "agi-bin").mkdir()
+    os.symlink(os.path.join(os.path.dirname(sys.executable), "clinica-agi"), tmp_path / "agi-bin" / "clinica-agi")
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "dialplan") == "OK"
+
+
+# --- service ports ------------------------------------------------------------------------
+
+def test_fastagi_not_listening_fails_in_fastagi_mode(setup, capsys):
+    setup.write(fastagi_bind=f"127.0.0.1:{free_port()}", api_bind=f"127.0.0.1:{free_port()}")
+    status, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "fastagi") == "FAIL"
+    assert "is the service running?" in lines["fastagi"]
+    assert status_of(lines, "api") == "WARN"
+    assert status == 1
+
+
+def test_fastagi_not_listening_is_fine_in_script_mode(setup, capsys, monkeypatch):
+    stand_in_asterisk(setup.bin, agi="clinica-agi")
+    monkeypatch.setattr(doctor, "AGI_SCRIPT", os.path.join(os.path.dirname(sys.executable), "clinica-agi"))
+    setup.write(fastagi_bind=f"127.0.0.1:{free_port()}")
+    status, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "fastagi") == "OK"
+    assert "not needed in script mode" in lines["fastagi"]
+    assert status == 0
+
+
+# --- data and outbox ----------------------------------------------------------------------
+
+def test_data_directory_missing_is_a_warning_when_it_can_be_made(setup, capsys, tmp_path):
+    setup.write(data_dir=str(tmp_path / "not-yet"))
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "data") == "WARN"
+    assert "does not exist yet" in lines["data"]
+    assert not (tmp_path / "not-yet").exists()  # the doctor makes nothing
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_file_in_the_data_directory_its_owner_cannot_write_fails(setup, capsys):
+    log = setup.data / "clinica-agi.log"
+    log.write_text("")
+    os.chown(log, 54321, 54321)
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "data") == "FAIL"
+    assert "clinica-agi.log (54321)" in lines["data"]
+
+
+def store_with_waiting_events(data, age_s, failures=0):
+    created = time.time() - age_s
+    store = Store(str(data / "clinica.sqlite3"), clock=lambda: created)
+    outbox = Outbox(store)
+    with store.transaction():
+        first = outbox.enqueue(1, "receivedTheCall", {"requestType": "receivedTheCall"})
+        outbox.enqueue(1, "hangupTheCall", {"requestType": "hangupTheCall"})
+    for _ in range(failures):
+        outbox.mark_failed(first, "HTTP 500", 300)
+    store.close()
+
+
+def test_an_old_backlog_fails_with_count_age_and_last_error(setup, capsys):
+    store_with_waiting_events(setup.data, age_s=2 * 3600, failures=3)
+    status, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "outbox") == "FAIL"
+    assert "2 event(s) waiting, the oldest for 2 h (tried 3 times, last error: HTTP 500)" in lines["outbox"]
+    assert status == 1
+
+
+def test_a_recent_backlog_is_fine_and_a_stuck_one_a_warning(setup, capsys):
+    store_with_waiting_events(setup.data, age_s=5)
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "outbox") == "OK"
+    assert "2 event(s) waiting" in lines["outbox"]
+
+    (setup.data / "clinica.sqlite3").unlink()
+    store_with_waiting_events(setup.data, age_s=600)
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "outbox") == "WARN"
+    assert "the oldest for 10 min" in lines["outbox"]
+
+
+def test_no_call_store_yet_is_fine_and_none_is_made(setup, capsys):
+    _, lines, _ = run_doctor(capsys)
+    assert "no call store yet" in lines["outbox"]
+    assert not (setup.data / "clinica.sqlite3").exists()
+
+
+# --- time limits --------------------------------------------------------------------------
+
+def test_a_check_that_hangs_is_a_failure_after_its_time_limit():
+    never = threading.Event()
+
+    def hangs(ctx):
+        never.wait()
+
+    check = doctor.within(0.1, "stuck", hangs, None)
+    never.set()
+    assert (check.status, check.name, check.detail) == ("FAIL", "stuck", "no answer within 0.1 s")
+
+
+def test_a_check_that_breaks_is_a_failure_not_a_crash():
+    def breaks(ctx):
+        raise RuntimeError("boom")
+
+    check = doctor.within(1, "broken", breaks, None)
+    assert (check.status, check.detail) == ("FAIL", "RuntimeError: boom")
