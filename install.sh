@@ -7,6 +7,8 @@
 # command upgrades.  What the installer added is recorded in
 # /etc/clinica-asterisk/install.state, which is how --uninstall removes exactly that and
 # nothing else.
+# Run by sh (dash on Debian)?  It needs bash.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -eu
 
 PROG=install.sh

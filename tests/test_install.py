@@ -550,3 +550,9 @@ def test_a_prefix_directory_that_was_there_stays_with_what_it_holds(installer, r
     installer.ok("--mode", "script")
     installer.ok("--uninstall", "--purge")
     assert snapshot(root) == before
+
+
+def test_run_by_sh_it_switches_to_bash(installer):
+    done = subprocess.run(["sh", str(installer.checkout / "install.sh"), "--help"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0 and "--mode script|fastagi|vm" in done.stdout
