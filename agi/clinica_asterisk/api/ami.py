@@ -1,0 +1,212 @@
+"""Asterisk Manager Interface through pyst2, with a time limit on every wait.
+
+pyst2's :class:`asterisk.manager.Manager` connects without a timeout and waits for every
+answer forever.  :class:`TimedManager` keeps its protocol handling and adds the limits:
+the TCP connect, the greeting, and each action's response (Login, Originate, Logoff) must
+each come within ``timeout_s``, else the session is cut and :class:`AmiTimeout` raised.
+
+One short session per click-to-call (connect, login, one action, logoff): nothing to keep
+alive, nothing to reconnect, and a stuck Asterisk costs one request its time limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Union
+
+from asterisk.manager import Manager, ManagerAuthException, ManagerException, ManagerSocketException
+
+log = logging.getLogger("clinica_asterisk.api.ami")
+
+HeaderValue = Union[str, List[str]]
+_POLL_S = 0.05
+
+
+class AmiError(Exception):
+    """The manager could not do what was asked; the message is safe to show.
+    ``action_sent``: the action left before the failure, so Asterisk may have run it."""
+
+    def __init__(self, message: str, action_sent: bool = False):
+        super().__init__(message)
+        self.action_sent = action_sent
+
+
+class AmiUnreachable(AmiError):
+    pass
+
+
+class AmiLoginFailed(AmiError):
+    pass
+
+
+class AmiRefused(AmiError):
+    """Asterisk answered the action with ``Response: Error``."""
+
+
+class AmiTimeout(AmiError):
+    pass
+
+
+class _DeadlineQueue(queue.Queue):
+    """pyst2 waits on its response queue without a timeout; this queue gives every such
+    wait the manager's limit, and on expiry cuts the session and hands pyst2 the None it
+    takes for a lost connection."""
+
+    def __init__(self, manager: "TimedManager"):
+        super().__init__()
+        self._manager = manager
+
+    def get(self, block=True, timeout=None):
+        if not block:
+            return super().get(False)
+        manager = self._manager
+        deadline = time.monotonic() + (manager.timeout_s if timeout is None else timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                manager.timed_out = True
+                manager.abort()
+                return None
+            try:
+                return super().get(True, min(remaining, _POLL_S))
+            except queue.Empty:
+                pass
+            if manager._running.is_set() and not manager._connected.is_set():
+                # Asterisk hung up.  pyst2 may have announced it before this wait began
+                # (then nobody wakes us): once it has handled all it read, nothing comes.
+                manager.message_thread.join(max(0.0, deadline - time.monotonic()))
+                try:
+                    return super().get(False)
+                except queue.Empty:
+                    return None
+
+
+class _ManagerStream:
+    """The file pyst2 reads lines from and writes actions to.  Writes go straight to the
+    socket; unlike a socket file object, a write or flush never fails because pyst2's
+    reader thread has just closed the file after Asterisk hung up, so an action that left
+    still gets the answer Asterisk sent before hanging up."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+
+    def write(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def flush(self) -> None:
+        pass
+
+    def __iter__(self):
+        return iter(self._reader)
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class TimedManager(Manager):
+    def __init__(self, timeout_s: float):
+        super().__init__()
+        self.timeout_s = timeout_s
+        self.timed_out = False
+        self._raw: Optional[socket.socket] = None
+        self._closed = False
+        self._response_queue = _DeadlineQueue(self)
+
+    def connect(self, host, port=5038):
+        """Like pyst2's, with a connect timeout; returns the greeting."""
+        try:
+            raw = socket.create_connection((host, int(port)), timeout=self.timeout_s)
+        except socket.timeout:
+            self.timed_out = True
+            raise ManagerSocketException(0, "connect timed out") from None
+        except OSError as exc:
+            raise ManagerSocketException(exc.errno, exc.strerror or str(exc)) from None
+        # Reads block; each wait for an answer has its own limit (the queue above).
+        raw.settimeout(None)
+        self._raw = raw
+        self._sock = _ManagerStream(raw)
+        self._connected.set()
+        self._running.set()
+        self.message_thread.start()
+        self.event_dispatch_thread.start()
+        greeting = self._response_queue.get()
+        if greeting is None:
+            raise ManagerSocketException(0, "no greeting from the manager")
+        return greeting
+
+    def abort(self) -> None:
+        """Cut the connection; pyst2's reader sees the end and its threads finish."""
+        if self._raw is not None:
+            try:
+                self._raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._raw is None:
+            return
+        if self._connected.is_set() and not self.timed_out:
+            self.timeout_s = min(self.timeout_s, 1.0)  # a courtesy: not worth a long wait
+            try:
+                self.logoff()
+            except ManagerException:
+                pass  # Asterisk may hang up first
+        self.abort()
+        for thread in (self.message_thread, self.event_dispatch_thread):
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(self.timeout_s)
+        self._running.clear()
+        self._raw.close()
+
+
+@dataclass
+class AmiClient:
+    host: str
+    port: int
+    user: str
+    secret: str = field(repr=False)
+    timeout_s: float = 5.0
+    manager_factory: Callable[[float], TimedManager] = TimedManager
+
+    def send(self, action: Dict[str, HeaderValue]) -> Dict[str, str]:
+        """Log in, send one action, log off.  The response's headers on success."""
+        for name, value in action.items():
+            for item in value if isinstance(value, list) else [value]:
+                # The last guard against header injection; callers validate first.
+                if any(ch in str(item) for ch in "\r\n\0"):
+                    raise ValueError(f"AMI header {name} holds a line break")
+        manager = self.manager_factory(self.timeout_s)
+        what, sent = "connecting", False
+        try:
+            manager.connect(self.host, self.port)
+            what = "logging in"
+            manager.login(self.user, self.secret)
+            what, sent = f"waiting for the {action.get('Action', 'action')} response", True
+            response = manager.send_action(dict(action))
+        except ManagerAuthException:
+            raise AmiLoginFailed("the manager refused the login") from None
+        except ManagerException:
+            if manager.timed_out:
+                raise AmiTimeout(f"no answer from the manager while {what}", sent) from None
+            if what == "connecting":
+                raise AmiUnreachable(f"cannot connect to the manager at {self.host}:{self.port}") from None
+            raise AmiUnreachable(f"the manager closed the connection while {what}", sent) from None
+        finally:
+            manager.close()
+        headers = dict(response.headers)
+        if headers.get("Response") != "Success":
+            raise AmiRefused(_printable(headers.get("Message", "")) or "no reason given")
+        return headers
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    return "".join(ch for ch in str(text) if ch.isprintable())[:limit]
