@@ -14,6 +14,9 @@ from .config import ConfigError, load_settings
 # name -> (module under clinica_asterisk.commands, one-line help)
 COMMANDS = {
     "deliver": ("deliver", "send the queued push events (once, or as a worker with --forever)"),
+    "serve": ("serve", "run the FastAGI server, the delivery worker and the CRM API"),
+    "crm-sink": ("crm_sink", "a local stand-in for the CRM: print every push received"),
+    "simulate": ("simulate", "play recorded calls against the FastAGI server as Asterisk would"),
     "doctor": ("doctor", "check configuration, CRM, AMI, dialplan, data, outbox and ports; one line each"),
 }
 

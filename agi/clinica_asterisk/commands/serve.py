@@ -1,0 +1,198 @@
+"""Run the service: the FastAGI server, the outbox delivery worker and the CRM API.
+
+Signals: SIGTERM or SIGINT stops accepting at once, lets the sessions in flight finish
+(each is bounded by its deadlines), then exits 0; a second one exits at once.  SIGHUP re-reads the configuration
+(the environment file and the environment the service was started with); an invalid
+file is logged and the running configuration kept.  Under systemd (Type=notify) the
+service reports READY, RELOADING and STOPPING, and feeds the watchdog only while the
+accept loop, the session workers, the delivery worker and the API are healthy."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .. import logs
+from ..cli import ExitStatus
+from ..config import ConfigError, Settings, load_settings
+from ..delivery import PushSender, deliver_forever
+from ..fastagi import FastAgiServer
+from ..outbox import Outbox
+from ..store import Store
+from ..systemd_notify import SystemdNotifier
+
+log = logging.getLogger("clinica_asterisk.serve")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--no-api", action="store_true",
+                        help="do not start the CRM API (FastAGI server and delivery worker only)")
+    parser.add_argument("--bind", metavar="ADDRESS:PORT",
+                        help="listen for FastAGI here instead of CLINICA_FASTAGI_BIND (port 0: any free port)")
+
+
+def parse_bind(text: str):
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--bind: must be ADDRESS:PORT, e.g. 127.0.0.1:4574; got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class DeliveryWorker:
+    """The outbox worker on its own thread, with its own store connection."""
+
+    settings: Settings
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: Optional[threading.Thread] = None
+
+    def start(self) -> "DeliveryWorker":
+        s = self.settings
+        outbox = Outbox(Store(s.db_path, busy_timeout_s=5.0))
+        sender = PushSender(s.crm_push_url, s.push_format)
+        self.thread = threading.Thread(
+            target=deliver_forever, name="clinica-deliver", daemon=True,
+            args=(outbox, sender, s.deliver_timeout_s, s.deliver_max_backoff_s, self.stop))
+        self.thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def shutdown(self, wait_s: float) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(wait_s)
+
+
+def start_api(settings: Settings):
+    try:
+        from ..api.server import ApiServer
+    except ImportError as exc:
+        raise RuntimeError(f"the CRM API is not available ({exc}); run with --no-api") from exc
+    api = ApiServer(settings)
+    api.start()
+    return api
+
+
+class Service:
+    """The parts of ``serve`` and what happens to them on a signal."""
+
+    def __init__(self, settings: Settings, bind=None, with_api: bool = True,
+                 notifier: Optional[SystemdNotifier] = None):
+        self.settings = settings
+        self.notifier = notifier or SystemdNotifier()
+        self.server = FastAgiServer(settings, bind=bind)
+        self.with_api = with_api
+        self.api = None
+        self.delivery: Optional[DeliveryWorker] = None
+        self._reload_requested = False
+        self.stopping = False
+
+    def start(self) -> None:
+        Store(self.settings.db_path).close()  # fail now, naming the file, if it cannot be opened
+        try:
+            host, port = self.server.bind()
+        except OSError as exc:
+            host, port = self.server.requested_bind
+            raise RuntimeError(f"cannot listen for FastAGI on {host}:{port}: {exc.strerror or exc}") from None
+        self.delivery = DeliveryWorker(self.settings).start()
+        if self.with_api:
+            self.api = start_api(self.settings)
+        log.info("FastAGI listening on %s:%d (pool %d, backlog %d); delivering to %s%s", host, port,
+                 self.settings.fastagi_pool, self.settings.fastagi_backlog,
+                 _without_credentials(self.settings.crm_push_url), "" if self.api else "; CRM API off")
+
+    @property
+    def status(self) -> str:
+        host, port = self.server.address
+        return f"FastAGI on {host}:{port}"
+
+    def healthy(self) -> bool:
+        return (self.server.healthy() and self.delivery is not None and self.delivery.alive()
+                and (self.api is None or self.api.healthy()))
+
+    def tick(self) -> None:
+        """Runs on the accept loop's thread at every turn."""
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+        if self.healthy():
+            self.notifier.ping()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self.server.wake()
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_settings()
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            self.notifier.ready(self.status)
+            return
+        logging.getLogger().setLevel(new.log_level)
+        self.server.reload(new)
+        # The old worker finishes its attempt in the background; leases keep the two apart.
+        old, self.delivery = self.delivery, DeliveryWorker(new).start()
+        old.stop.set()
+        if self.api is not None and _api_settings(new) != _api_settings(self.settings):
+            log.warning("CLINICA_API_* or CLINICA_AMI_* changed: restart the service to apply them to the API")
+        self.settings = new
+        log.info("configuration reloaded from %s", new.source or "the environment")
+        self.notifier.ready(self.status)
+
+    def run(self) -> int:
+        """Serve until stopped; then finish the sessions in flight."""
+        self.notifier.ready(self.status)
+        tick_s = min(0.5, self.notifier.ping_interval_s or 0.5)
+        self.server.serve_forever(on_tick=self.tick, tick_s=tick_s)
+        in_flight = self.server.pool.busy
+        log.info("stopping: listener closed, %d session(s) in flight", in_flight)
+        self.notifier.stopping(f"finishing {in_flight} session(s)")
+        left = self.server.drain()
+        if left:
+            log.warning("stopped with %d session(s) still running past their deadline", left)
+        self.delivery.shutdown(self.settings.deliver_timeout_s + 1.0)
+        if self.api is not None:
+            self.api.stop()
+        self.server.close()
+        self.notifier.close()
+        log.info("stopped")
+        return ExitStatus.OK
+
+
+def _api_settings(s: Settings):
+    return (s.api_bind, s.api_public_url, tuple(sorted(s.api_keys.items())), s.api_max_body, s.recordings_dir,
+            s.record_link_ttl_s, s.directory_file, s.ami_host, s.ami_port, s.ami_user, s.ami_secret)
+
+
+def _without_credentials(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+    return urlunsplit(parts._replace(query=""))
+
+
+def run(args, settings: Settings) -> int:
+    logs.configure(settings.log_level, settings.log_file)
+    bind = parse_bind(args.bind) if args.bind else None
+    service = Service(settings, bind=bind, with_api=not args.no_api)
+
+    def stop(signum, frame):
+        if service.stopping:  # asked twice: stop now, without waiting for the sessions
+            raise KeyboardInterrupt
+        service.stopping = True
+        service.server.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
+    service.start()
+    return service.run()
