@@ -202,17 +202,21 @@ def call(**fields):
     ({"ended_at": 125.0}, 999.0, {"disposition": "CANCEL", "waitsec": 25, "billsec": "0"}),
 ])
 def test_times_and_disposition(fields, now, expected):
-    entry = details(call(**fields), False, None, "", now)
+    entry = details(call(**fields), False, {}, "", now)
     assert {k: entry[k] for k in expected} == expected
 
 
 def test_an_anonymous_caller_is_never_new():
-    assert details(call(external_number="", src_number=""), False, None, "", 200.0)["isNewCall"] == "0"
+    assert details(call(external_number="", src_number=""), False, {}, "", 200.0)["isNewCall"] == "0"
 
 
-def test_an_extension_without_a_directory_entry_has_empty_employee_fields(tmp_path):
-    entry = details(call(internal_number="999"), False, Directory(""), "", 200.0)
+def test_an_extension_without_a_directory_entry_has_empty_employee_fields():
+    employees = {"801": Employee("Наталия", "n@example.com")}
+    entry = details(call(internal_number="999"), False, employees, "", 200.0)
     assert (entry["employeeName"], entry["employeeEmail"]) == ("", "")
+    entry = details(call(), False, employees, "", 200.0)
+    assert (entry["employeeName"], entry["employeeEmail"]) == ("Наталия", "n@example.com")
+    assert Directory("").entries() == {}
 
 
 def test_directory_file_format():

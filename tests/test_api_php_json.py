@@ -126,3 +126,13 @@ def test_a_key_written_twice_keeps_its_place_and_its_last_value():
 
 def test_integers_beyond_64_bits_are_floats_in_php():
     assert php_json.php_array([2 ** 63, -(2 ** 63), 2 ** 63 - 1]) == [float(2 ** 63), -(2 ** 63), 2 ** 63 - 1]
+
+
+@pytest.mark.parametrize("php_arrays", [True, False])
+@pytest.mark.parametrize("slashes, unicode", [(True, True), (False, True), (True, False), (False, False)])
+def test_the_fast_writer_and_the_php_float_writer_agree(php_arrays, slashes, unicode):
+    for document in DOCUMENTS:
+        value = php_json.decode(document)
+        parts = []
+        php_json._encode(value, parts, slashes, unicode, php_arrays, 1)
+        assert php_json.encode(value, slashes, unicode, php_arrays) == "".join(parts), document

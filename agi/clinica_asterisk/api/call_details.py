@@ -13,7 +13,7 @@ import json
 import sqlite3
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from .directory import Directory
+from .directory import Directory, Employee
 from .errors import ApiError, Code
 
 MAX_IDS = 500
@@ -88,15 +88,15 @@ def employee_extension(call: Mapping[str, Any]) -> str:
     return call.get("internal_number") or ""
 
 
-def details(call: Mapping[str, Any], seen_before: bool, directory: Optional[Directory],
+def details(call: Mapping[str, Any], seen_before: bool, employees: Mapping[str, Employee],
             company_id: str, now: float) -> Dict[str, Any]:
-    """One entry of ``callDetails``."""
+    """One entry of ``callDetails``; ``employees`` by extension (the directory)."""
     incoming = call["direction"] == "in"
     online = call.get("ended_at") is None
     answered_at = call.get("answered_at")
     extension = employee_extension(call)
     group = call.get("internal_number") or ""
-    employee = directory.lookup(extension) if directory is not None else None
+    employee = employees.get(extension)
 
     if answered_at:
         waitsec = _seconds(answered_at, call["started_at"])
@@ -142,5 +142,6 @@ def call_details(conn: sqlite3.Connection, params: Mapping[str, Any], directory:
     """The whole answer: ``callDetails`` keyed by id (as a string), in the order asked."""
     ids = parse_ids(params)
     found = {call["id"]: (call, seen) for call, seen in fetch(conn, ids)}
-    entries = {str(i): details(*found[i], directory, company_id, now) for i in ids if i in found}
+    employees = directory.entries() if directory is not None else {}
+    entries = {str(i): details(*found[i], employees, company_id, now) for i in ids if i in found}
     return {"status": "success", "callDetails": entries}

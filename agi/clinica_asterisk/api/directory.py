@@ -16,7 +16,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 log = logging.getLogger("clinica_asterisk.api.directory")
 
@@ -87,6 +87,10 @@ class Directory:
             log.warning("directory %s: %s (skipped)", self.path, problem)
         log.info("directory %s: %d extensions", self.path, len(entries))
         return entries
+
+    def entries(self) -> Mapping[str, Employee]:
+        """Every entry as of now (one look at the file; take it once per request)."""
+        return self._current()
 
     def lookup(self, extension: str) -> Optional[Employee]:
         return self._current().get(extension or "")

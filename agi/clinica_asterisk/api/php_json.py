@@ -114,11 +114,6 @@ def php_array(value: Any) -> Any:
     return value
 
 
-def is_list(array: Dict[Key, Any]) -> bool:
-    """True when PHP's json_encode writes this array as a JSON list."""
-    return all(key == index for index, key in enumerate(array))
-
-
 # --- ksort ----------------------------------------------------------------------------
 
 def _numeric(text: str):
@@ -192,24 +187,69 @@ def php_float(number: float) -> str:
     return sign + "0." + "0" * (-point) + digits
 
 
-def php_string(text: str, escape_slashes: bool = True, escape_unicode: bool = True) -> str:
+def _escapes(encoded: str, escape_slashes: bool) -> str:
     # Python's escaper matches PHP's for quotes, backslashes, control characters (short
     # forms and lowercase \u00XX) and non-ASCII (lowercase \uXXXX, surrogate pairs); but
-    # it escapes DEL, which PHP writes as is.
-    encoded = json.dumps(text, ensure_ascii=escape_unicode)
+    # it escapes DEL, which PHP writes as is, and it leaves "/" alone.  Both fixes are
+    # safe on a whole document: "/" and "\u007f" only ever occur inside strings.
     if "\\u007f" in encoded:
         encoded = _ESCAPED_DEL.sub("\\1\x7f", encoded)
     return encoded.replace("/", "\\/") if escape_slashes else encoded
 
 
-def encode(value: Any, escape_slashes: bool = True, escape_unicode: bool = True, php_arrays: bool = True) -> str:
-    """``json_encode`` with PHP's default flags (or without the two escapes).
+def php_string(text: str, escape_slashes: bool = True, escape_unicode: bool = True) -> str:
+    return _escapes(json.dumps(text, ensure_ascii=escape_unicode), escape_slashes)
 
-    With ``php_arrays`` a dict is a PHP array: a JSON list when its keys are 0..n-1, so
-    ``{}`` is written ``[]``.  Without, dicts stay JSON objects (a PHP ``stdClass``)."""
-    parts: List[str] = []
-    _encode(value, parts, escape_slashes, escape_unicode, php_arrays, 1)
-    return "".join(parts)
+
+def is_list(array: Dict[Any, Any]) -> bool:
+    """True when PHP's json_encode writes this array (a dict, JSON or PHP keys) as a list."""
+    return all(_as_key(key) == index for index, key in enumerate(array))
+
+
+def encode(value: Any, escape_slashes: bool = True, escape_unicode: bool = True, php_arrays: bool = True) -> str:
+    """``json_encode`` of ``value`` (decoded JSON, or the PHP model of it) with PHP's
+    default flags, or without the two escapes.
+
+    With ``php_arrays`` every dict is a PHP array: a JSON list when its keys are 0..n-1 (so
+    ``{}`` is written ``[]``), and integers beyond 64 bits are floats.  Without, dicts stay
+    JSON objects (a PHP ``stdClass``).
+
+    Documents without floats, the usual case, go through Python's C encoder once their
+    PHP lists are found; the rest through a slower writer of PHP's float notation."""
+    try:
+        prepared = _prepare(value, php_arrays, 1)
+    except _NeedsPhpWriter:
+        parts: List[str] = []
+        _encode(value, parts, escape_slashes, escape_unicode, php_arrays, 1)
+        return "".join(parts)
+    return _escapes(json.dumps(prepared, ensure_ascii=escape_unicode, separators=(",", ":")), escape_slashes)
+
+
+class _NeedsPhpWriter(Exception):
+    pass
+
+
+def _prepare(value, php_arrays, depth):
+    """``value`` with PHP's lists made lists, for the C encoder; raises when a float (or a
+    number PHP holds as one) needs PHP's own notation."""
+    if depth > MAX_DEPTH + 1:
+        raise JsonError("nested too deeply")
+    if isinstance(value, str) or value is None or value is True or value is False:
+        return value
+    if isinstance(value, int):
+        if php_arrays and not INT64_MIN <= value <= INT64_MAX:
+            raise _NeedsPhpWriter
+        return value
+    # Strings are most of a document and need nothing: they skip the call.
+    if isinstance(value, dict):
+        if php_arrays and is_list(value):
+            return [v if type(v) is str else _prepare(v, php_arrays, depth + 1) for v in value.values()]
+        return {str(k): v if type(v) is str else _prepare(v, php_arrays, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [v if type(v) is str else _prepare(v, php_arrays, depth + 1) for v in value]
+    if isinstance(value, float):
+        raise _NeedsPhpWriter
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def _encode(value, out, slashes, unicode, php_arrays, depth):
@@ -222,7 +262,8 @@ def _encode(value, out, slashes, unicode, php_arrays, depth):
     elif value is False:
         out.append("false")
     elif isinstance(value, int):
-        out.append(str(value))
+        big = php_arrays and not INT64_MIN <= value <= INT64_MAX
+        out.append(php_float(float(value)) if big else str(value))
     elif isinstance(value, float):
         out.append(php_float(value))
     elif isinstance(value, str):

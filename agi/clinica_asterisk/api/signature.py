@@ -19,7 +19,7 @@ import itertools
 import re
 from typing import Any, List, Mapping
 
-from .php_json import encode, ksort, php_array
+from .php_json import encode, ksort
 
 EXCLUDED = frozenset({"key", "signature"})
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}\Z")
@@ -33,8 +33,9 @@ def signed_params(body: Mapping[str, Any]) -> dict:
 def signed_text(params: Mapping[str, Any], escape_slashes: bool = True, escape_unicode: bool = True,
                 php_arrays: bool = True) -> str:
     """The JSON text the signature is computed over; the defaults are PHP's."""
-    model = php_array(dict(params)) if php_arrays else dict(params)
-    return encode(dict(ksort(model.items())), escape_slashes, escape_unicode, php_arrays)
+    # ksort compares keys as PHP stores them and keeps them as written; encode() treats
+    # every dict as a PHP array when php_arrays is set.
+    return encode(dict(ksort(params.items())), escape_slashes, escape_unicode, php_arrays)
 
 
 def digest(secret: str, text: str) -> str:
