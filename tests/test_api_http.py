@@ -1,6 +1,8 @@
 """Routes and bad input: every answer signed, every error clear, nothing crashes."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from api_support import KEY, OTHER_KEY, OTHER_SECRET, SECRET, api_settings, post, signed_body
@@ -186,3 +188,10 @@ def test_extra_parameters_are_signed_but_otherwise_ignored(client):
 def test_the_other_key_works_too(client):
     status, answer = post(client, "/stats/call-details.json", {"generalCallID": [1]}, OTHER_KEY, OTHER_SECRET)
     assert answer["status"] == "success" and signed_with(answer, OTHER_SECRET)
+
+
+def test_the_error_table_of_the_docs_is_the_one_in_the_code():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    documented = {int(code): int(status) for code, status in re.findall(r"^\| (\d{3}) \| (\d{3}) \|", text, re.M)}
+    statuses = {Code.BODY_TOO_LARGE: 413, Code.NO_SUCH_METHOD: 404, Code.METHOD_NOT_ALLOWED: 405}
+    assert documented == {int(code): statuses.get(code, 200) for code in Code}
