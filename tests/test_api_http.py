@@ -2,11 +2,13 @@
 
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
 from api_support import KEY, OTHER_KEY, OTHER_SECRET, SECRET, api_settings, post, signed_body
 
+from clinica_asterisk.api import call_details
 from clinica_asterisk.api.app import create_app, resolve_method
 from clinica_asterisk.api.errors import Code
 from clinica_asterisk.api.signature import sign
@@ -195,3 +197,12 @@ def test_the_error_table_of_the_docs_is_the_one_in_the_code():
     documented = {int(code): int(status) for code, status in re.findall(r"^\| (\d{3}) \| (\d{3}) \|", text, re.M)}
     statuses = {Code.BODY_TOO_LARGE: 413, Code.NO_SUCH_METHOD: 404, Code.METHOD_NOT_ALLOWED: 405}
     assert documented == {int(code): statuses.get(code, 200) for code in Code}
+
+
+def test_a_call_store_that_fails_mid_query_is_a_clear_error(client, monkeypatch):
+    def locked(*args):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(call_details, "fetch", locked)
+    status, answer = post(client, "/stats/call-details.json", {"generalCallID": [1]})
+    assert (status, answer["code"]) == (200, Code.STORE_UNAVAILABLE)

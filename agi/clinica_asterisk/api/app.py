@@ -13,12 +13,13 @@ import json
 import logging
 import re
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from flask import Flask, Response, request, send_file
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from ..config import Settings
 from ..store import StoreError
@@ -143,7 +144,10 @@ def create_app(settings: Settings, context: Optional[ApiContext] = None) -> Flas
         too_large = ApiError(Code.BODY_TOO_LARGE, f"the body is larger than {limit} bytes", http_status=413)
         if request.content_length is not None and request.content_length > limit:
             raise too_large
-        data = request.stream.read(limit + 1)
+        try:
+            data = request.stream.read(limit + 1)
+        except ClientDisconnected:
+            raise ApiError(Code.BAD_JSON, "the body is shorter than announced") from None
         if len(data) > limit:
             raise too_large
         return data
@@ -160,8 +164,8 @@ def create_app(settings: Settings, context: Optional[ApiContext] = None) -> Flas
             outcome = "success"
         except ApiError as exc:
             answer, status, outcome = exc.answer(), exc.http_status, f"error {int(exc.code)}"
-        except StoreError as exc:
-            log.warning("api method=%s: %s", method, exc)
+        except (StoreError, sqlite3.Error) as exc:
+            log.warning("api method=%s: call store: %s", method, exc)
             answer, status = ApiError(Code.STORE_UNAVAILABLE, "the call store is unavailable").answer(), 200
             outcome = f"error {int(Code.STORE_UNAVAILABLE)}"
         except Exception:  # a bug costs one signed error answer, never the server
@@ -176,7 +180,11 @@ def create_app(settings: Settings, context: Optional[ApiContext] = None) -> Flas
         if problem:
             log.info("recording call=%s refused: %s", call_id, problem)
             return Response(f"{problem}\n", status=403, mimetype="text/plain")
-        call = ctx.stores.get().call(call_id)
+        try:
+            call = ctx.stores.get().call(call_id)
+        except (StoreError, sqlite3.Error) as exc:
+            log.warning("recording call=%s: call store: %s", call_id, exc)
+            return Response("the call store is unavailable\n", status=503, mimetype="text/plain")
         path = recordings.recording_path(settings.recordings_dir, call) if call else None
         if path is None or recordings.file_extension(call["recording_file"]) != ext:
             return Response("no such recording\n", status=404, mimetype="text/plain")
