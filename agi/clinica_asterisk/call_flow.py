@@ -124,15 +124,16 @@ def new_incoming(facts: Mapping[str, str], fmt: NumberFormat, now: float) -> Dic
 
 
 def new_outgoing(facts: Mapping[str, str], fmt: NumberFormat, now: float) -> Dict[str, Any]:
+    number = fmt(facts.get("number", ""))
     return {
         "direction": OUTGOING,
         "linkedid": facts.get("linkedid") or None,
         "started_at": now,
         "src_number": digits_of(facts.get("number", "")),
-        "external_number": fmt(facts.get("number", "")),
+        "external_number": number,
         "internal_number": as_extension(facts.get("caller_extension", "")),
         "trunk": facts.get("trunk", "")[:40],
-        "dst_numbers": [],
+        "dst_numbers": [number] if number else [],
     }
 
 
