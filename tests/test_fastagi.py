@@ -19,7 +19,7 @@ from helpers import our_args, play_freepbx_call
 from clinica_asterisk.agi_request import MAX_LINE_BYTES
 from clinica_asterisk.crm_sink import CrmSink
 from clinica_asterisk.delivery import PushSender, deliver_pass
-from clinica_asterisk.fastagi import WorkerPool, client_allowed
+from clinica_asterisk.fastagi import MAX_POOL, WorkerPool, client_allowed
 from clinica_asterisk.hooks import HookServices
 from clinica_asterisk.outbox import Outbox
 from clinica_asterisk.simulation import ARGS, recorded_calls, with_fresh_ids
@@ -135,30 +135,37 @@ def test_recorded_call_over_fastagi_pushes_exactly_what_the_script_pushes(name, 
 
 # --- load ---------------------------------------------------------------------------------
 
-CONCURRENT_CALLS = 150
+CONCURRENT_CALLS = 100
+IN_FLIGHT = 100
 
 
 def test_hundreds_of_parallel_sessions_push_every_event_exactly_once(crm, tmp_path):
-    """150 calls at once, each: ring-in, then two legs answering at the same moment, then
-    hang-up (600 sessions, up to 300 in flight).  Whatever the hooks could not send in
-    time the worker sends later; the CRM gets each event once, in order."""
-    settings = make_settings(tmp_path / "data", crm_push_url=crm.url, fastagi_pool=512,
+    """100 calls at once, each: ring-in, then two legs answering at the same moment, then
+    hang-up: 400 sessions, 100 in flight (this process holds both ends of each, and the
+    CRM's).  Whatever the hooks could not send in time the worker sends later; the CRM
+    gets each event once, in order."""
+    settings = make_settings(tmp_path / "data", crm_push_url=crm.url, fastagi_pool=MAX_POOL,
                              fastagi_backlog=1024, hook_deadline_ms=10000)
     rng = random.Random(7)
     calls = [with_fresh_ids(recorded_calls()["in-801"], rng) for _ in range(CONCURRENT_CALLS)]
     start = threading.Barrier(CONCURRENT_CALLS)
+    in_flight = threading.BoundedSemaphore(IN_FLIGHT)
 
     with running_server(settings) as server:
         address = server.address
+
+        def session(call, recorded, args):
+            with in_flight:
+                return status_of(fastagi(address, call, recorded, args=args))
 
         def play(sessions):
             ring, answer, hangup = sessions
             call = FakeCall()
             start.wait()
-            done = [status_of(fastagi(address, call, ring, args=ARGS["ring-in"]))]
+            done = [session(call, ring, ARGS["ring-in"])]
             with ThreadPoolExecutor(2) as legs:
-                done += legs.map(lambda _: status_of(fastagi(address, call, answer, args=["answer"])), range(2))
-            done.append(status_of(fastagi(address, call, hangup, args=ARGS["hangup-in"])))
+                done += legs.map(lambda _: session(call, answer, ["answer"]), range(2))
+            done.append(session(call, hangup, ARGS["hangup-in"]))
             return done
 
         with ThreadPoolExecutor(CONCURRENT_CALLS) as pool:

@@ -1,12 +1,17 @@
 """``clinica-asterisk serve`` as a real process: what systemd hears from it, SIGTERM with
 sessions in flight, SIGHUP, the delivery worker inside it."""
 
+import json
 import os
+import random
+import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,8 +20,6 @@ from fastagi_helpers import WAIT_S, GatedCrm, fastagi, status_of
 
 from clinica_asterisk.crm_sink import CrmSink
 from clinica_asterisk.simulation import ARGS, recorded_calls, with_fresh_ids
-
-import random
 
 CLI = os.path.join(os.path.dirname(sys.executable), "clinica-asterisk")
 
@@ -47,7 +50,7 @@ class Systemd:
 
 
 class Service:
-    def __init__(self, tmp_path, env_lines, extra_env=None, args=("--no-api",)):
+    def __init__(self, tmp_path, env_lines, extra_env=None, args=("--no-api",), preexec_fn=None):
         self.env_file = tmp_path / "service.env"
         self.env_file.write_text("\n".join(env_lines) + "\n")
         self.systemd = Systemd(tmp_path / "notify")
@@ -56,11 +59,13 @@ class Service:
         env.update(CLINICA_ENV_FILE=str(self.env_file), NOTIFY_SOCKET=self.systemd.path, **(extra_env or {}))
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([CLI, "serve", "--bind", "127.0.0.1:0", *args], env=env,
-                                         stdout=log, stderr=log, cwd=tmp_path)
+                                         stdout=log, stderr=log, cwd=tmp_path, preexec_fn=preexec_fn)
         ready = self.systemd.wait_for("READY=1")
         status = next(line for line in ready.split("\n") if line.startswith("STATUS="))
-        host, port = status.rsplit(" ", 1)[1].rsplit(":", 1)
+        host, port = re.search(r"FastAGI on ([0-9.]+):([0-9]+)", status).groups()
         self.address = (host, int(port))
+        api = re.search(r"API on ([0-9.]+):([0-9]+)", status)
+        self.api_address = (api.group(1), int(api.group(2))) if api else None
         self.terminated = False
 
     def signal(self, signum):
@@ -176,6 +181,29 @@ def test_events_queued_while_the_crm_was_down_are_sent_when_it_comes_back(start_
         back.stop()
 
 
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_serve_runs_the_crm_api_beside_the_fastagi_server(start_service, crm):
+    service = start_service([f"CLINICA_CRM_PUSH_URL={crm.url}", f"CLINICA_API_BIND=127.0.0.1:{free_port()}",
+                             "CLINICA_API_KEYS=k1:s1"], args=())
+    host, port = service.api_address
+    request = urllib.request.Request(f"http://{host}:{port}/api/2.0/stats/call-details.json", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=WAIT_S) as answer:  # unsigned: refused, but by the API
+        assert json.loads(answer.read())["status"] == "error"
+    assert status_of(fastagi(service.address, FakeCall(), ring(1), ARGS["ring-in"])) == "SENT"
+    service.signal(signal.SIGTERM)
+    assert service.stop() == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, port), timeout=WAIT_S)
+
+
 def test_serve_says_which_address_it_cannot_listen_on(tmp_path):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -191,3 +219,52 @@ def test_serve_says_which_address_it_cannot_listen_on(tmp_path):
         taken.close()
     assert done.returncode == 1
     assert f"cannot listen for FastAGI on 127.0.0.1:{port}" in done.stderr.decode()
+
+
+def closed_by_server(sock) -> bool:
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:  # closed with our env block unread
+        return True
+
+
+def test_out_of_file_descriptors_refuses_instead_of_leaving_calls_in_the_backlog(start_service, crm):
+    """A connection the server has no descriptor for would wait in the backlog while
+    Asterisk holds the call; it is taken and closed at once instead."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    service = start_service([f"CLINICA_CRM_PUSH_URL={crm.url}", "CLINICA_FASTAGI_POOL=100",
+                             "CLINICA_FASTAGI_SESSION_TIMEOUT_MS=60000"],
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, hard)))
+    stalled = []
+    try:
+        for _ in range(60):  # more than the server has descriptors for
+            sock = socket.create_connection(service.address, timeout=WAIT_S)
+            sock.sendall(b"agi_network: yes\n")
+            stalled.append(sock)
+        refused, _, _ = select.select(stalled, [], [], WAIT_S)
+        assert refused, "a connection beyond the descriptors was closed at once"
+        assert all(closed_by_server(s) for s in refused)
+        assert "out of file descriptors" in service.logs()
+    finally:
+        for sock in stalled:
+            sock.close()
+    # With the descriptors back, calls are served again.
+    statuses = []
+    while "SENT" not in statuses and len(statuses) < 100:
+        statuses.append(status_of(fastagi(service.address, FakeCall(), ring(len(statuses)), ARGS["ring-in"])))
+    assert statuses[-1] == "SENT"
+
+
+def test_a_pool_too_large_for_the_agi_channel_stops_start_up(tmp_path):
+    from clinica_asterisk.fastagi import MAX_POOL
+
+    (tmp_path / "empty.env").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLINICA_", "NOTIFY_"))}
+    env.update(CLINICA_ENV_FILE=str(tmp_path / "empty.env"), CLINICA_DATA_DIR=str(tmp_path / "data"),
+               CLINICA_FASTAGI_POOL=str(MAX_POOL + 1))
+    done = subprocess.run([CLI, "serve", "--no-api", "--bind", "127.0.0.1:0"], env=env, capture_output=True,
+                          timeout=WAIT_S)
+    assert done.returncode == 2
+    assert f"CLINICA_FASTAGI_POOL: at most {MAX_POOL}" in done.stderr.decode()

@@ -179,9 +179,10 @@ def serve_session(call: AsteriskCall, session: RecordedSession, read_fd: int, wr
     conv = Conversation()
     _write_all(write_fd, ("\n".join(session.env) + "\n\n").encode("utf-8"))
     buffer = b""
+    poller = select.poll()  # not select(): a busy load generator has descriptors above 1023
+    poller.register(read_fd, select.POLLIN)
     while True:
-        ready = select.select([read_fd], [], [], timeout_s)[0]
-        if not ready:
+        if not poller.poll(timeout_s * 1000):
             raise PeerStalled(f"the script stalled after {conv.commands[-3:]}")
         try:
             chunk = os.read(read_fd, 65536)

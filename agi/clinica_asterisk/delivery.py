@@ -1,9 +1,11 @@
 """Sending push events to the CRM, each attempt within a hard time limit.
 
 ``requests``' own timeouts bound each socket operation, not the whole request (a CRM that
-trickles its answer byte by byte would stretch it); the attempt therefore runs in a daemon
+trickles its answer byte by byte would stretch it); the attempt therefore runs on a sender
 thread that the caller stops waiting for at the limit.  An abandoned attempt keeps its
-lease until the lease runs out, so the event is not sent twice at the same time.
+lease until the lease runs out, so the event is not sent twice at the same time.  Sender
+threads live on between attempts, so a long-running service keeps its connections to the
+CRM alive instead of opening one (and a thread) per event.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import queue
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 RESERVE_S = 0.1
 # A lease outlives the attempt it covers by this much (clock skew, slow commit).
 LEASE_MARGIN_S = 5.0
+# A sender thread idle this long ends: a burst of calls leaves no crowd of threads behind.
+SENDER_IDLE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,33 +68,109 @@ class SessionTransport:
             raise
 
 
+def _request_parts(url: str, content_type: str):
+    """Where to connect, the path to POST to and the headers (Basic auth from the URL)."""
+    parts = urlsplit(url)
+    headers = {"Content-Type": content_type, "User-Agent": "clinica-asterisk"}
+    if parts.username:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("utf-8")
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts, path, headers
+
+
+def _connection(parts, timeout_s: float):
+    import http.client
+
+    if parts.scheme == "https":
+        import ssl
+
+        return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout_s,
+                                           context=ssl.create_default_context())
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+
+
+def _exchange(connection, path: str, body: bytes, headers) -> int:
+    connection.request("POST", path, body=body, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
 class OneShotTransport:
     """The standard library's http.client: for the AGI script, which sends an event or two
     and exits.  Importing ``requests`` would cost every ring and answer ~0.2 s of start-up."""
 
     def post(self, url: str, body: bytes, content_type: str, timeout_s: float) -> int:
-        import http.client
-
-        parts = urlsplit(url)
-        headers = {"Content-Type": content_type, "User-Agent": "clinica-asterisk"}
-        if parts.username:
-            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("utf-8")
-            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
-        if parts.scheme == "https":
-            import ssl
-
-            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout_s,
-                                                     context=ssl.create_default_context())
-        else:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+        parts, path, headers = _request_parts(url, content_type)
+        connection = _connection(parts, timeout_s)
         try:
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-            response.read()
-            return response.status
+            return _exchange(connection, path, body, headers)
         finally:
             connection.close()
+
+
+class KeepAliveTransport:
+    """http.client with one kept-alive connection per thread: for the long-running service,
+    where a push costs a fraction of what ``requests`` spends on it (CPU is what bounds the
+    FastAGI server's hooks per second)."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def post(self, url: str, body: bytes, content_type: str, timeout_s: float) -> int:
+        parts, path, headers = _request_parts(url, content_type)
+        key = (parts.scheme, parts.hostname, parts.port)
+        held = getattr(self._local, "held", None)
+        if held is not None and (held[0] != key or _dropped(held[1])):
+            held[1].close()
+            held = None
+        if held is None:
+            held = self._local.held = (key, _connection(parts, timeout_s))
+        connection = held[1]
+        connection.timeout = timeout_s
+        reused = connection.sock is not None
+        if reused:
+            connection.sock.settimeout(timeout_s)
+        try:
+            return _exchange(connection, path, body, headers)
+        except ConnectionError:
+            connection.close()
+            if not reused:
+                self._local.held = None
+                raise
+            # The CRM closed the idle connection just as we reused it (before answering
+            # anything): once more on a fresh one, as HTTP clients do.
+            try:
+                return _exchange(connection, path, body, headers)
+            except Exception:
+                connection.close()
+                self._local.held = None
+                raise
+        except Exception:
+            connection.close()  # a broken connection must not be reused
+            self._local.held = None
+            raise
+
+    def release(self) -> None:
+        """Close this thread's connection (its sender thread is ending)."""
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            held[1].close()
+            self._local.held = None
+
+
+def _dropped(connection) -> bool:
+    """The CRM closed the idle connection (or sent something unasked): do not reuse it."""
+    sock = connection.sock
+    if sock is None:
+        return False  # http.client reconnects by itself
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 class PushSender:
@@ -98,6 +180,10 @@ class PushSender:
         self.url = url
         self.push_format = push_format
         self.transport = transport or SessionTransport()
+        self._lock = threading.Lock()
+        self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._idle = 0  # sender threads waiting for a job, less the jobs already given to them
+        self._closed = False
 
     def _post(self, payload: Mapping[str, str], timeout_s: float) -> Attempt:
         started = time.monotonic()
@@ -114,13 +200,60 @@ class PushSender:
         if limit_s <= 0.01:
             return Attempt(False, "no time left to send", 0)
         box = []
-        worker = threading.Thread(target=lambda: box.append(self._post(payload, limit_s)), daemon=True,
-                                  name="clinica-push")
-        worker.start()
-        worker.join(limit_s)
-        if box:
+        done = threading.Event()
+
+        def attempt():
+            box.append(self._post(payload, limit_s))
+            done.set()
+
+        self._run(attempt)
+        if done.wait(limit_s) and box:
             return box[0]
         return Attempt(False, f"no answer within {limit_s:.1f} s", int(limit_s * 1000))
+
+    def _run(self, job) -> None:
+        """On an idle sender thread if there is one, else on a new one."""
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        threading.Thread(target=self._sender, args=(job,), daemon=True, name="clinica-push").start()
+
+    def close(self) -> None:
+        """Idle sender threads end now, busy ones after their attempt (with their connections)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+            for _ in range(idle):
+                self._jobs.put(None)
+
+    def _sender(self, job) -> None:
+        try:
+            self._serve_jobs(job)
+        finally:
+            release = getattr(self.transport, "release", None)
+            if release is not None:
+                release()
+
+    def _serve_jobs(self, job) -> None:
+        while True:
+            if job is None:
+                return
+            job()
+            with self._lock:
+                if self._closed:
+                    return
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=SENDER_IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    try:  # given a job just as the wait ended
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
 
 
 def send_head_events(outbox: Outbox, sender: PushSender, call_id: int, until_monotonic: float,

@@ -24,6 +24,7 @@ connection refused or dropped before the hook could run.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -36,10 +37,10 @@ from dataclasses import replace
 from typing import Callable, Dict, Optional, Tuple
 
 from .channel import AgiChannel, ChannelClosed, LineStream
-from .config import Settings
+from .config import ConfigError, Settings
 from .deadline import Deadline, DeadlineExceeded
 from .agi_request import EnvBlockError
-from .delivery import PushSender
+from .delivery import KeepAliveTransport, PushSender
 from .hooks import FAILED, HookResult, HookServices, finish, run_hook
 from .store import Store, StoreError
 
@@ -49,6 +50,25 @@ log = logging.getLogger("clinica_asterisk.fastagi")
 STUCK_MARGIN_S = 5.0
 # Connections taken off the backlog per turn of the accept loop (then the loop ticks).
 ACCEPT_BATCH = 64
+# ``on_tick`` runs at most this often (and at once after a wake-up).
+TICK_MIN_S = 0.05
+# After running out of file descriptors, the listener rests this long.
+OUT_OF_DESCRIPTORS_PAUSE_S = 0.1
+# A session holds about this many descriptors (its socket, its worker's three SQLite
+# files, its sender's connection to the CRM), and the AGI channel waits on them with
+# select(), which cannot watch a descriptor numbered 1024 or above; the rest of the
+# process (the API, the delivery worker, logs) needs the reserve.
+DESCRIPTORS_PER_SESSION = 5
+SELECT_LIMIT = 1024
+RESERVED_DESCRIPTORS = 200
+MAX_POOL = (SELECT_LIMIT - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_SESSION
+
+
+def check_pool(settings: Settings) -> None:
+    if settings.fastagi_pool > MAX_POOL:
+        raise ConfigError(f"CLINICA_FASTAGI_POOL: at most {MAX_POOL} sessions at once in one process "
+                          f"(each needs about {DESCRIPTORS_PER_SESSION} file descriptors, and AGI channels can "
+                          f"only use the first {SELECT_LIMIT}); got {settings.fastagi_pool}")
 
 
 def max_session_s(settings: Settings) -> float:
@@ -162,14 +182,16 @@ class FastAgiServer:
 
     def __init__(self, settings: Settings, bind: Optional[Tuple[str, int]] = None,
                  sender: Optional[PushSender] = None, clock=time.monotonic):
+        check_pool(settings)
         self.settings = settings
         self.requested_bind = bind or settings.fastagi_bind
-        self.sender = sender or PushSender(settings.crm_push_url, settings.push_format)
+        self.sender = sender or _sender(settings)
         self._clock = clock
         self.pool = WorkerPool(settings.fastagi_pool, self._session, clock=clock)
         self._local = threading.local()
         self._sock: Optional[socket.socket] = None
         self._wake_r, self._wake_w = os.pipe()
+        self._own_fds: Tuple[int, ...] = (self._wake_r, self._wake_w)
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._stop = threading.Event()
@@ -177,10 +199,14 @@ class FastAgiServer:
         self._last_turn = clock()
         self._tick_s = 0.5
         self._thread: Optional[threading.Thread] = None
+        self._spare: Optional[int] = _spare_descriptor()
+        self._paused_until = 0.0
 
     # --- listening ------------------------------------------------------------------
 
     def bind(self) -> Tuple[str, int]:
+        # The workers open the store together at their first session: create it first.
+        Store(self.settings.db_path).close()
         host, port = self.requested_bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -208,13 +234,18 @@ class FastAgiServer:
             self.bind()
         self._tick_s = tick_s
         try:
+            ticked = None
             while not self._stop.is_set():
-                self._last_turn = self._clock()
-                if on_tick is not None:
+                self._last_turn = now = self._clock()
+                # Under load the loop turns per connection; the tick need not.
+                if on_tick is not None and (ticked is None or now - ticked >= TICK_MIN_S):
+                    ticked = now
                     on_tick()
-                ready = select.select([self._sock, self._wake_r], [], [], tick_s)[0]
+                listening = [self._wake_r] if now < self._paused_until else [self._sock, self._wake_r]
+                ready = select.select(listening, [], [], tick_s)[0]
                 if self._wake_r in ready:
                     self._drain_wake_pipe()
+                    ticked = None  # a wake-up asks for a tick (a reload)
                 if self._sock in ready and not self._stop.is_set():
                     self._accept_some()
         finally:
@@ -227,8 +258,11 @@ class FastAgiServer:
                 conn, addr = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors, a connection reset in the backlog
-                log.warning("accept failed: %s", exc)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._refuse_out_of_descriptors():
+                    continue
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):  # reset while in the backlog
+                    log.warning("accept failed: %s", exc)
                 return
             client = addr[0]
             settings = self.settings
@@ -236,6 +270,28 @@ class FastAgiServer:
                 self._refuse(conn, client, "not in CLINICA_FASTAGI_ALLOW")
             elif not self.pool.submit((conn, client, self._clock())):
                 self._refuse(conn, client, f"all {self.pool.size} workers busy (CLINICA_FASTAGI_POOL)")
+
+    def _refuse_out_of_descriptors(self) -> bool:
+        """Without a descriptor to accept with, a connection would wait in the backlog with
+        Asterisk holding the call: give up the spare descriptor, take the connection and
+        close it at once, so that Asterisk sees a refusal and the dialplan goes on.  False
+        when there is no spare either: the listener then rests a moment."""
+        if self._spare is None:
+            self._spare = _spare_descriptor()
+            if self._spare is None:
+                log.error("out of file descriptors; not accepting for %.1f s", OUT_OF_DESCRIPTORS_PAUSE_S)
+                self._paused_until = self._clock() + OUT_OF_DESCRIPTORS_PAUSE_S
+                return False
+        os.close(self._spare)
+        self._spare = None
+        try:
+            conn, addr = self._sock.accept()
+        except OSError:
+            conn = None
+        if conn is not None:
+            self._refuse(conn, addr[0], "out of file descriptors")
+        self._spare = _spare_descriptor()  # the connection's descriptor, now free again
+        return conn is not None
 
     @staticmethod
     def _refuse(conn: socket.socket, client: str, reason: str) -> None:
@@ -256,6 +312,8 @@ class FastAgiServer:
 
     def wake(self) -> None:
         """Make the accept loop turn now (e.g. to run a reload in ``on_tick``)."""
+        if self._wake_w not in self._own_fds:
+            return  # closed: the number may belong to another file by now
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
@@ -281,7 +339,7 @@ class FastAgiServer:
         settings = self.settings  # a reload applies from the next session on
         try:
             conn.setblocking(True)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _no_delay(conn)
             stream = LineStream(conn.fileno(), conn.fileno())
             stream.deadline = Deadline(settings.fastagi_session_timeout_s, clock=self._clock)
             try:
@@ -328,13 +386,15 @@ class FastAgiServer:
 
         The bind address needs a restart; everything else (allow-list, pool size, backlog,
         deadlines, CRM URL and format, numbers, data directory) applies at once."""
+        check_pool(settings)
         old = self.settings
         if settings.fastagi_bind != old.fastagi_bind and self.requested_bind == old.fastagi_bind:
             log.warning("CLINICA_FASTAGI_BIND changed to %s:%d; restart the service to listen there",
                         *settings.fastagi_bind)
             settings = replace(settings, fastagi_bind=old.fastagi_bind)
         if (settings.crm_push_url, settings.push_format) != (old.crm_push_url, old.push_format):
-            self.sender = PushSender(settings.crm_push_url, settings.push_format)
+            self.sender, retired = _sender(settings), self.sender
+            retired.close()
         if settings.fastagi_backlog != old.fastagi_backlog and self._sock is not None:
             self._sock.listen(settings.fastagi_backlog)
         self.pool.size = settings.fastagi_pool
@@ -349,9 +409,14 @@ class FastAgiServer:
         return left
 
     def close(self) -> None:
+        """Release the listener, the pool and the descriptors; safe to call twice."""
         self._close_listener()
         self.pool.close()
-        for fd in (self._wake_r, self._wake_w):
+        self.sender.close()
+        fds, self._own_fds = self._own_fds, ()
+        if self._spare is not None:
+            fds, self._spare = (*fds, self._spare), None
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
@@ -374,6 +439,26 @@ class FastAgiServer:
         left = self.drain(timeout_s)
         self.close()
         return left
+
+
+def _spare_descriptor() -> Optional[int]:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _sender(settings: Settings) -> PushSender:
+    return PushSender(settings.crm_push_url, settings.push_format, KeepAliveTransport())
+
+
+def _no_delay(conn: socket.socket) -> None:
+    """Each command goes out at once: AGI is one short line each way, and Nagle's algorithm
+    with the peer's delayed ACK could hold a command back for 40 ms."""
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass  # not TCP (a test's socket pair)
 
 
 def _close(conn: socket.socket) -> None:

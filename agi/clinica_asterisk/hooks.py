@@ -174,27 +174,34 @@ class HookResult:
     ms: int = 0
 
 
-def _find_call(services: HookServices, channel: AgiChannel, stage: str, facts: Dict[str, str]):
+def _known_call_id(services: HookServices, channel: AgiChannel, stage: str, facts: Dict[str, str]) -> Optional[int]:
+    """What finding the call needs from the channel, read before the write transaction: an
+    AGI round trip must never hold the store's write lock (every other hook would wait on
+    it).  The call named by CLINICA_CALLID, if it exists; else the facts to find it by."""
     callid = channel.variable(CALLID_VARIABLE)
-    if callid.isdigit():
-        call = services.store.call(int(callid))
-        if call is not None:
-            return call, False
-    if stage in ("ring-in", "ring-out", "hangup"):
-        if "linkedid" not in facts:
-            facts.update(_fallback_facts(channel, stage))
-        if facts.get("linkedid"):
-            call = services.store.call_by_linkedid(services.pbx, facts["linkedid"])
-            return call, call is not None
+    if callid.isdigit() and services.store.call(int(callid)) is not None:
+        return int(callid)  # calls are never deleted: it is still there in the transaction
+    if stage in ("ring-in", "ring-out", "hangup") and "linkedid" not in facts:
+        facts.update(_fallback_facts(channel, stage))
+    return None
+
+
+def _find_call(services: HookServices, known: Optional[int], stage: str, facts: Dict[str, str]):
+    if known is not None:
+        return services.store.call(known), False
+    if stage in ("ring-in", "ring-out", "hangup") and facts.get("linkedid"):
+        call = services.store.call_by_linkedid(services.pbx, facts["linkedid"])
+        return call, call is not None
     return None, False
 
 
 def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: Sequence[str]) -> HookResult:
     """Read the facts, store what they change, queue the events.  No network I/O."""
     facts = HANDLERS[stage](channel, args)
+    known = _known_call_id(services, channel, stage, facts)
     now = services.clock()
     with services.store.transaction():
-        call, found_by_linkedid = _find_call(services, channel, stage, facts)
+        call, found_by_linkedid = _find_call(services, known, stage, facts)
         plan = call_flow.PLANS[stage](call, facts, services.fmt, now)
         if plan.create is not None:
             fields = dict(plan.create, pbx=services.pbx)
@@ -207,9 +214,11 @@ def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: S
         after = services.store.call(call_id)
         queued = 0
         for request_type in plan.events:
-            if not services.outbox.has_event(call_id, request_type):
-                services.outbox.enqueue(call_id, request_type,
-                                        build_payload(request_type, after, services.settings.company_id))
+            # One event of each type per call: the outbox ignores a second one.  The hook
+            # sends it itself right after; the worker takes over only if it could not.
+            if services.outbox.enqueue(call_id, request_type,
+                                       build_payload(request_type, after, services.settings.company_id),
+                                       not_before=services.store.clock() + services.settings.hook_deadline_s):
                 queued += 1
     if plan.create is not None or found_by_linkedid:
         # Every later hook of the call (other legs inherit the variable) finds it by id.

@@ -71,11 +71,16 @@ class Outbox:
         self.store = store
         self.conn = store.conn
 
-    def enqueue(self, call_id: int, request_type: str, payload: Mapping[str, str]) -> Optional[int]:
-        """Write one event; None if this call already has an event of this type."""
+    def enqueue(self, call_id: int, request_type: str, payload: Mapping[str, str],
+                not_before: float = 0.0) -> Optional[int]:
+        """Write one event; None if this call already has an event of this type.
+
+        ``not_before``: the delivery worker leaves the event alone until then (a hook that
+        is about to send it itself)."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO outbox (call_id, request_type, payload, created_at) VALUES (?, ?, ?, ?)",
-            (call_id, request_type, json.dumps(dict(payload), ensure_ascii=False), self.store.clock()),
+            "INSERT OR IGNORE INTO outbox (call_id, request_type, payload, created_at, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (call_id, request_type, json.dumps(dict(payload), ensure_ascii=False), self.store.clock(), not_before),
         )
         return cursor.lastrowid if cursor.rowcount else None
 
@@ -105,6 +110,15 @@ class Outbox:
     def claim(self, event: OutboxEvent, owner: str, until: float) -> bool:
         """Lease ``event`` if it is still the call's head and nobody else holds it."""
         now = self.store.clock()
+        # The usual case in one statement: a head that nobody holds, or whose lease ran out.
+        if self.store.write(
+                """UPDATE outbox SET lease_owner = ?, lease_until = ?
+                   WHERE id = ? AND delivered_at IS NULL AND (lease_owner IS NULL OR lease_until < ?)
+                     AND NOT EXISTS (SELECT 1 FROM outbox p
+                                     WHERE p.call_id = ? AND p.delivered_at IS NULL AND p.id < ?)""",
+                (owner, until, event.id, now, event.call_id, event.id)):
+            return True
+        # Held by someone: free after all if its owner died (a check SQL cannot make).
         with self.store.transaction() as conn:
             row = conn.execute("SELECT * FROM outbox WHERE id = ? AND delivered_at IS NULL", (event.id,)).fetchone()
             if row is None:
@@ -121,10 +135,9 @@ class Outbox:
         return True
 
     def mark_delivered(self, event_id: int) -> None:
-        with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL, last_error = NULL WHERE id = ?",
-                (self.store.clock(), event_id))
+        self.store.write(
+            "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL, last_error = NULL WHERE id = ?",
+            (self.store.clock(), event_id))
 
     def mark_failed(self, event_id: int, error: str, max_backoff_s: float) -> None:
         now = self.store.clock()

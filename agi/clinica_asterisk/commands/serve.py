@@ -18,8 +18,8 @@ from typing import Optional
 from .. import logs
 from ..cli import ExitStatus
 from ..config import ConfigError, Settings, load_settings
-from ..delivery import PushSender, deliver_forever
-from ..fastagi import FastAgiServer
+from ..delivery import KeepAliveTransport, PushSender, deliver_forever
+from ..fastagi import FastAgiServer, check_pool
 from ..outbox import Outbox
 from ..store import Store
 from ..systemd_notify import SystemdNotifier
@@ -48,16 +48,24 @@ class DeliveryWorker:
     settings: Settings
     stop: threading.Event = field(default_factory=threading.Event)
     thread: Optional[threading.Thread] = None
+    sender: Optional[PushSender] = None
 
     def start(self) -> "DeliveryWorker":
         s = self.settings
         outbox = Outbox(Store(s.db_path, busy_timeout_s=5.0))
-        sender = PushSender(s.crm_push_url, s.push_format)
+        self.sender = PushSender(s.crm_push_url, s.push_format, KeepAliveTransport())
         self.thread = threading.Thread(
-            target=deliver_forever, name="clinica-deliver", daemon=True,
-            args=(outbox, sender, s.deliver_timeout_s, s.deliver_max_backoff_s, self.stop))
+            target=self._run, name="clinica-deliver", daemon=True,
+            args=(outbox, s.deliver_timeout_s, s.deliver_max_backoff_s))
         self.thread.start()
         return self
+
+    def _run(self, outbox: Outbox, timeout_s: float, max_backoff_s: float) -> None:
+        try:
+            deliver_forever(outbox, self.sender, timeout_s, max_backoff_s, self.stop)
+        finally:
+            self.sender.close()
+            outbox.store.close()
 
     def alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
@@ -74,7 +82,11 @@ def start_api(settings: Settings):
     except ImportError as exc:
         raise RuntimeError(f"the CRM API is not available ({exc}); run with --no-api") from exc
     api = ApiServer(settings)
-    api.start()
+    try:
+        api.start()
+    except OSError as exc:
+        host, port = settings.api_bind
+        raise RuntimeError(f"cannot listen for the CRM API on {host}:{port}: {exc.strerror or exc}") from None
     return api
 
 
@@ -93,7 +105,6 @@ class Service:
         self.stopping = False
 
     def start(self) -> None:
-        Store(self.settings.db_path).close()  # fail now, naming the file, if it cannot be opened
         try:
             host, port = self.server.bind()
         except OSError as exc:
@@ -109,7 +120,10 @@ class Service:
     @property
     def status(self) -> str:
         host, port = self.server.address
-        return f"FastAGI on {host}:{port}"
+        status = f"FastAGI on {host}:{port}"
+        if self.api is not None:
+            status += " and API on {}:{}".format(*self.api.address)
+        return status
 
     def healthy(self) -> bool:
         return (self.server.healthy() and self.delivery is not None and self.delivery.alive()
@@ -131,6 +145,7 @@ class Service:
         self.notifier.reloading()
         try:
             new = load_settings()
+            check_pool(new)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             self.notifier.ready(self.status)
