@@ -13,6 +13,8 @@ What keeps a call safe from this server:
 * a client has ``CLINICA_FASTAGI_SESSION_TIMEOUT_MS`` to send its env block, then the hook
   has ``CLINICA_HOOK_DEADLINE_MS``; a stalled or garbage-sending client is dropped;
 * ``CLINICA_FASTAGI_ALLOW`` limits who may connect;
+* out of file descriptors, a connection is still taken off the backlog and closed at
+  once (a spare descriptor is kept for that), rather than left waiting with its call;
 * stopping closes the listener first (new calls see a server that is down, which costs
   them nothing), then lets the sessions in flight finish;
 * :meth:`FastAgiServer.healthy` is true only while the accept loop turns and no worker
@@ -36,10 +38,10 @@ import time
 from dataclasses import replace
 from typing import Callable, Dict, Optional, Tuple
 
+from .agi_request import EnvBlockError
 from .channel import AgiChannel, ChannelClosed, LineStream
 from .config import ConfigError, Settings
 from .deadline import Deadline, DeadlineExceeded
-from .agi_request import EnvBlockError
 from .delivery import KeepAliveTransport, PushSender
 from .hooks import FAILED, HookResult, HookServices, finish, run_hook
 from .store import Store, StoreError
