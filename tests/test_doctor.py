@@ -219,14 +219,6 @@ def test_secrets_are_never_shown(setup, capsys):
 
 # --- configuration ------------------------------------------------------------------------
 
-def test_invalid_configuration_stops_with_the_key_named(setup, capsys):
-    setup.write(hook_deadline_ms="soon")
-    status = cli.main(["doctor"])
-    err = capsys.readouterr().err
-    assert status == cli.ExitStatus.CONFIG
-    assert "CLINICA_HOOK_DEADLINE_MS" in err
-
-
 def test_a_configuration_file_others_can_read_is_a_warning(setup, capsys):
     setup.env_file.chmod(0o644)
     status, lines, _ = run_doctor(capsys)
@@ -450,3 +442,14 @@ def test_a_check_that_breaks_is_a_failure_not_a_crash():
 
     check = doctor.within(1, "broken", breaks, None)
     assert (check.status, check.detail) == ("FAIL", "RuntimeError: boom")
+
+
+def test_invalid_configuration_is_the_failed_check(tmp_path, capsys, monkeypatch):
+    from clinica_asterisk.cli import ExitStatus, main
+
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("CLINICA_HOOK_DEADLINE_MS=soon\n")
+    monkeypatch.setenv("CLINICA_ENV_FILE", str(env_file))
+    assert main(["doctor"]) == ExitStatus.CONFIG
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL configuration") and "CLINICA_HOOK_DEADLINE_MS" in out

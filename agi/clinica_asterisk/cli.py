@@ -14,10 +14,10 @@ from .config import ConfigError, load_settings
 # name -> (module under clinica_asterisk.commands, one-line help)
 COMMANDS = {
     "deliver": ("deliver", "send the queued push events (once, or as a worker with --forever)"),
+    "doctor": ("doctor", "check configuration, CRM, AMI, dialplan, data, outbox and ports; one line each"),
     "serve": ("serve", "run the FastAGI server, the delivery worker and the CRM API"),
     "crm-sink": ("crm_sink", "a local stand-in for the CRM: print every push received"),
     "simulate": ("simulate", "play recorded calls against the FastAGI server as Asterisk would"),
-    "doctor": ("doctor", "check configuration, CRM, AMI, dialplan, data, outbox and ports; one line each"),
 }
 
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f".commands.{module_name}", __package__)
         command = sub.add_parser(name, help=help_text, description=module.__doc__)
         module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        command.set_defaults(run=module.run, on_config_error=getattr(module, "report_config_error", None))
     return parser
 
 
@@ -47,7 +47,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings = load_settings()
         return int(args.run(args, settings) or ExitStatus.OK)
     except ConfigError as exc:
-        print(f"clinica-asterisk: configuration error: {exc}", file=sys.stderr)
+        if args.on_config_error:  # doctor reports it as one of its checks
+            args.on_config_error(exc)
+        else:
+            print(f"clinica-asterisk: configuration error: {exc}", file=sys.stderr)
         return ExitStatus.CONFIG
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED

@@ -69,6 +69,11 @@ def run(args, settings) -> int:
     return ExitStatus.ERROR if failed else ExitStatus.OK
 
 
+def report_config_error(error) -> None:
+    """The settings could not be loaded: that is the check that failed (the others need them)."""
+    print(Check(FAIL, "configuration", str(error)).line(), flush=True)
+
+
 def run_checks(ctx: Context) -> Iterator[Check]:
     for name, check in CHECKS:
         yield within(ctx.timeout_s, name, check, ctx)
