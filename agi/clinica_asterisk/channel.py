@@ -40,12 +40,11 @@ class LineStream:
         self.deadline: Optional[Deadline] = None
 
     def _wait(self, fd: int, for_write: bool) -> None:
+        # poll, not select: a busy server's descriptors go past select's limit of 1024.
         timeout = self.deadline.check("waiting for Asterisk") if self.deadline else None
-        if for_write:
-            ready = select.select([], [fd], [], timeout)[1]
-        else:
-            ready = select.select([fd], [], [], timeout)[0]
-        if not ready:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT if for_write else select.POLLIN)
+        if not poller.poll(None if timeout is None else max(1, int(timeout * 1000))):
             raise DeadlineExceeded("waiting for Asterisk")
 
     def readline(self) -> str:

@@ -57,9 +57,9 @@ TICK_MIN_S = 0.05
 # After running out of file descriptors, the listener rests this long.
 OUT_OF_DESCRIPTORS_PAUSE_S = 0.1
 # A session holds about this many descriptors (its socket, its worker's three SQLite
-# files, its sender's connection to the CRM), and the AGI channel waits on them with
-# select(), which cannot watch a descriptor numbered 1024 or above; the rest of the
-# process (the API, the delivery worker, logs) needs the reserve.
+# files, its sender's connection to the CRM), and a process may open 1024 by default
+# (the soft RLIMIT_NOFILE); the rest of the process (the API, the delivery worker, logs)
+# needs the reserve.
 DESCRIPTORS_PER_SESSION = 5
 SELECT_LIMIT = 1024
 RESERVED_DESCRIPTORS = 200
