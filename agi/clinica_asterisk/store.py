@@ -84,13 +84,29 @@ def connect(path: str, busy_timeout_s: float = 2.0) -> sqlite3.Connection:
                                check_same_thread=False)
         conn.row_factory = sqlite3.Row
         if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            create_schema(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the call store {path}: {exc}") from exc
     return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables once, also when several hooks open a new store at the same moment."""
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError:
+        pass  # another connection holds the database: it is setting WAL itself (it persists)
+    conn.execute("BEGIN IMMEDIATE")  # waits (busy timeout) for the one creating it
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class FairLock:
