@@ -19,6 +19,9 @@ MAX_BODY = 1 << 20
 class _Handler(BaseHTTPRequestHandler):
     server: "CrmSink"
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in one write: two small writes on a kept-alive connection
+    # meet the client's delayed ACK and cost ~40 ms a push.
+    wbufsize = 1 << 16
 
     def log_message(self, fmt, *args):  # the sink reports through on_push instead
         pass
