@@ -24,18 +24,24 @@ def main() -> int:
         error = None
     except ConfigError as exc:
         settings, error = None, exc
-    deadline = Deadline(settings.hook_deadline_s if settings else 2.0)
+    deadline_s = settings.hook_deadline_s if settings else 2.0
 
     from .channel import AgiChannel, LineStream
     from .hooks import FAILED, HookResult, finish
 
     stream = LineStream(sys.stdin.fileno(), sys.stdout.fileno())
-    channel = AgiChannel(stream, deadline)
+    # Asterisk has written the env block before the script starts; reading it gets its own
+    # limit.  The hook's deadline starts after it: on a host so loaded that Python start-up
+    # alone eats the deadline, the hook still stores its events (and sends them later)
+    # instead of giving up on them.
+    stream.deadline = Deadline(deadline_s)
     try:
         request = stream.read_request()
     except Exception as exc:
         sys.stderr.write(f"clinica-agi: no AGI session on stdin ({type(exc).__name__}: {exc})\n")
         return 0
+    deadline = Deadline(deadline_s)
+    channel = AgiChannel(stream, deadline)
 
     from . import logs
 
