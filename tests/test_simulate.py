@@ -1,12 +1,11 @@
 """``clinica-asterisk simulate`` and ``crm-sink``: a newcomer without a PBX sees the pushes
 of four recorded calls arrive at a local CRM stand-in.
 
-Run this file as a script to regenerate ``clinica_asterisk/recorded_calls.py`` from the
+Run this file as a script to regenerate ``clinica_asterisk/recorded_calls.json`` from the
 recordings."""
 
 import json
 import os
-import pprint
 import random
 import subprocess
 import sys
@@ -18,24 +17,22 @@ from fake_asterisk import ASTERISK22
 from fastagi_helpers import WAIT_S, running_server
 
 from clinica_asterisk import cli
-from clinica_asterisk import recorded_calls as shipped
 from clinica_asterisk.asterisk_peer import session_from_recording
 from clinica_asterisk.commands.crm_sink import format_push
-from clinica_asterisk.simulation import CALLS, recorded_calls, simulate, with_fresh_ids
+from clinica_asterisk.simulation import CALLS, RECORDED_CALLS, recorded_calls, simulate, with_fresh_ids
 
 CLI = os.path.join(os.path.dirname(sys.executable), "clinica-asterisk")
-SHIPPED = Path(shipped.__file__)
+SHIPPED = RECORDED_CALLS
 
 
 def render_recorded_calls() -> str:
-    """The text of ``recorded_calls.py`` as the recordings give it."""
+    """The text of ``recorded_calls.json`` as the recordings give it."""
     sessions = []
     for line in (ASTERISK22 / "agi-script-sessions.jsonl").read_text().splitlines():
         s = session_from_recording(json.loads(line))
         sessions.append({"label": s.label, "env": s.env, "variables": s.variables, "dead": s.dead,
                          "channel_status": s.channel_status})
-    doc = shipped.__doc__.strip("\n")
-    return f'"""{doc}\n"""\n\nSESSIONS = {pprint.pformat(sessions, width=110, sort_dicts=False)}\n'
+    return json.dumps(sessions, ensure_ascii=False, indent=1) + "\n"
 
 
 def test_shipped_calls_are_the_recorded_ones():

@@ -1,6 +1,6 @@
 """Recorded calls played against a FastAGI server exactly as Asterisk would play them.
 
-Four calls recorded on a real Asterisk 22 (:mod:`recorded_calls`): an incoming call
+Four calls recorded on a real Asterisk 22 (``recorded_calls.json``): an incoming call
 answered by 801, one to a ring group answered by 802, a missed one, an outgoing one.  Each
 hook session connects over TCP, sends the env block Asterisk sent (as FastAGI sends it:
 ``agi_network``, ``agi_network_script``, the ``agi://`` request, the arguments our
@@ -11,15 +11,20 @@ the calls are new calls each time.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import socket
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .asterisk_peer import AsteriskCall, PeerStalled, RecordedSession, serve_session
-from .recorded_calls import SESSIONS
+
+# The recorded sessions, shipped as data so that `simulate` works without the fixtures;
+# tests/test_simulate.py checks (and regenerates) them from the recordings.
+RECORDED_CALLS = Path(__file__).with_name("recorded_calls.json")
 
 UNIQUEID = re.compile(r"^\d{9,11}\.\d+$")
 
@@ -50,7 +55,7 @@ OK_STATUSES = ("SENT", "QUEUED", "SKIPPED")
 def recorded_calls() -> Dict[str, List[RecordedSession]]:
     """The recorded sessions grouped into calls (by linkedid), named as in :data:`CALLS`."""
     by_linkedid: Dict[str, List[RecordedSession]] = {}
-    for data in SESSIONS:
+    for data in json.loads(RECORDED_CALLS.read_text(encoding="utf-8")):
         session = RecordedSession(list(data["env"]), dict(data["variables"]), data["dead"],
                                   data["channel_status"], label=data["label"])
         by_linkedid.setdefault(session.variables["${CHANNEL(linkedid)}"], []).append(session)
