@@ -11,6 +11,8 @@ from typing import Any, Dict, Iterator, Mapping
 
 import pytest
 from conftest import make_settings
+from fake_asterisk import FakeCall, freepbx_calls
+from helpers import our_args, run_over_socket
 
 from clinica_asterisk.api.server import ApiServer
 from clinica_asterisk.api.signature import sign
@@ -18,6 +20,11 @@ from clinica_asterisk.api.signature import sign
 KEY, SECRET = "701151-a3a9ca8", "s3cret-of-the-clinic"
 OTHER_KEY, OTHER_SECRET = "second-crm", "another/secret"
 PHP_CLIENT = Path(__file__).resolve().parent / "php" / "binotel_client.php"
+
+CALLS = freepbx_calls()  # the recorded FreePBX calls, by scenario
+T0 = 1795738000.0
+# Seconds after the previous hook at which each hook of a call runs.
+STEPS = {"ring-in": 0, "predial-ringall": 1, "predial-one": 1, "predial-trunk": 1, "answer": 5, "hangup": 30}
 
 requires_php = pytest.mark.skipif(
     shutil.which("php") is None,
@@ -77,3 +84,24 @@ def running_server(settings, context=None) -> Iterator[ApiServer]:
 def base_url(server: ApiServer, prefix: str = "/api/2.0") -> str:
     host, port = server.address
     return f"http://{host}:{port}{prefix}"
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def play(services, clock, sessions, gap_s=60):
+    """One recorded call through the hooks, the clock moving between hooks; its call id."""
+    clock.now += gap_s
+    call, call_id = FakeCall(), None
+    for session in sessions:
+        clock.now += STEPS[session.extra["hook"]]
+        result, _ = run_over_socket(services, call, session.with_args(our_args(session)))
+        call_id = call_id or result.call_id
+    return call_id

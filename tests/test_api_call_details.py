@@ -4,9 +4,7 @@ import json
 import os
 
 import pytest
-from api_support import SECRET, api_settings, php_verifies, post, requires_php, signed_body
-from fake_asterisk import FakeCall, freepbx_calls
-from helpers import our_args, run_over_socket
+from api_support import CALLS, SECRET, T0, Clock, api_settings, php_verifies, play, post, requires_php, signed_body
 
 from clinica_asterisk.api.app import create_app
 from clinica_asterisk.api.call_details import details
@@ -16,25 +14,12 @@ from clinica_asterisk.delivery import PushSender
 from clinica_asterisk.hooks import HookServices
 from clinica_asterisk.store import Store
 
-CALLS = freepbx_calls()
-T0 = 1795738000.0
-# Seconds after the previous hook at which each hook of a call runs.
-STEPS = {"ring-in": 0, "predial-ringall": 1, "predial-one": 1, "predial-trunk": 1, "answer": 5, "hangup": 30}
-
 DIRECTORY = """extension,name,email
 # reception
 801,Наталия Сторожук,nataliiastorozhuk@medakadem.com
 802,"Петренко, Олег",oleg@clinic.example
 904,Front desk,
 """
-
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
@@ -47,17 +32,6 @@ def env(tmp_path, crm):
     app = create_app(settings)
     app.extensions["clinica_api"].clock = clock
     return settings, services, clock, app.test_client()
-
-
-def play(services, clock, sessions, gap_s=60):
-    """One recorded call through the hooks, the clock moving between hooks; its call id."""
-    clock.now += gap_s
-    call, call_id = FakeCall(), None
-    for session in sessions:
-        clock.now += STEPS[session.extra["hook"]]
-        result, _ = run_over_socket(services, call, session.with_args(our_args(session)))
-        call_id = call_id or result.call_id
-    return call_id
 
 
 def ask(client, ids):
