@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 def make_settings(data_dir, **overrides):
     values = dict(DEFAULTS)
     values["CLINICA_DATA_DIR"] = str(data_dir)
+    # A test machine that is a FreePBX (with /etc/freepbx.conf) must not read its database.
+    values["CLINICA_FREEPBX_DB"] = "off"
     values.update({f"CLINICA_{k.upper()}": str(v) for k, v in overrides.items()})
     return build_settings(values)
 
@@ -55,3 +57,29 @@ def settings_for(tmp_path):
         return make_settings(tmp_path / "data", crm_push_url=url, **overrides)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory):
+    """A real MariaDB server with FreePBX's tables, for the whole run.  Without mariadbd the
+    tests that need it are skipped, except under CI, where that is a failure."""
+    from mariadb_support import MariaDb, find_program
+
+    if not (find_program("mariadbd") and find_program("mariadb-install-db")):
+        message = "mariadbd is not installed (apt-get install mariadb-server)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}: CI must run the FreePBX database tests")
+        pytest.skip(message)
+    server = MariaDb(tmp_path_factory.mktemp("mariadb")).start()
+    try:
+        server.create_freepbx()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def freepbx_db(mariadb):
+    """The server with FreePBX's rows as every test expects them at its start."""
+    mariadb.reset_rows()
+    return mariadb

@@ -101,5 +101,5 @@ def test_the_doctor_shows_which_secrets_are_set_not_their_values(env):
 
 def test_settings_do_not_show_secrets_in_their_repr():
     values = dict(DEFAULTS, CLINICA_AMI_SECRET=AMI_SECRET, CLINICA_API_KEYS=f"k:{API_SECRET}")
-    assert SECRET_KEYS == {"CLINICA_AMI_SECRET", "CLINICA_API_KEYS"}
+    assert SECRET_KEYS == {"CLINICA_AMI_SECRET", "CLINICA_API_KEYS", "CLINICA_FREEPBX_DB"}
     assert_no_secret(repr(build_settings(values)))

@@ -47,6 +47,10 @@ DEFAULTS: Dict[str, str] = {
     "CLINICA_RECORDINGS_DIR": "/var/spool/asterisk/monitor",
     "CLINICA_RECORD_LINK_TTL_S": "900",
     "CLINICA_DIRECTORY_FILE": "",
+    # FreePBX's own database: users, User Management, inbound routes
+    "CLINICA_FREEPBX_DB": "auto",
+    "CLINICA_FREEPBX_CONF": "/etc/freepbx.conf",
+    "CLINICA_FREEPBX_REFRESH_S": "60",
     # AMI (click-to-call)
     "CLINICA_AMI_HOST": "127.0.0.1",
     "CLINICA_AMI_PORT": "5038",
@@ -58,8 +62,10 @@ DEFAULTS: Dict[str, str] = {
     "CLINICA_ORIGINATE_TIMEOUT_S": "30",
 }
 
-# Never written to a log or shown by `doctor`.
-SECRET_KEYS = frozenset({"CLINICA_API_KEYS", "CLINICA_AMI_SECRET"})
+# Never written to a log or shown by `doctor`.  (CLINICA_FREEPBX_DB holds a password only
+# when it is a mysql:// URL.)
+SECRET_KEYS = frozenset({"CLINICA_API_KEYS", "CLINICA_AMI_SECRET", "CLINICA_FREEPBX_DB"})
+FREEPBX_DB_URL_SCHEMES = ("mysql", "mariadb")
 
 
 class ConfigError(ValueError):
@@ -93,6 +99,9 @@ class Settings:
     recordings_dir: str
     record_link_ttl_s: int
     directory_file: str
+    freepbx_db: str = field(repr=False)
+    freepbx_conf: str
+    freepbx_refresh_s: int
     ami_host: str
     ami_port: int
     ami_user: str
@@ -219,6 +228,25 @@ def _api_keys(values, key):
     return keys
 
 
+def _freepbx_db(values, key):
+    """``auto``, ``off`` or ``mysql://user:password@host[:port]/dbname`` (checked here, never
+    echoed: it holds a password)."""
+    raw = values[key].strip()
+    if raw.lower() in ("auto", "off"):
+        return raw.lower()
+    allowed = f"{key}: must be auto, off or mysql://user:password@host[:port]/dbname"
+    parts = urlsplit(raw)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{allowed} (the port is not a number from 1 to 65535)") from None
+    if parts.scheme.lower() not in FREEPBX_DB_URL_SCHEMES or not parts.hostname or not parts.username:
+        raise ConfigError(allowed)
+    if port == 0 or not parts.path.strip("/") or "/" in parts.path.strip("/") or parts.query or parts.fragment:
+        raise ConfigError(allowed)
+    return raw
+
+
 def _level(values, key):
     value = values[key].strip().upper()
     allowed = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -257,6 +285,9 @@ def build_settings(values: Mapping[str, str], source: str = "") -> Settings:
         recordings_dir=os.path.abspath(values["CLINICA_RECORDINGS_DIR"].strip() or "."),
         record_link_ttl_s=_int(values, "CLINICA_RECORD_LINK_TTL_S", 10, 86400),
         directory_file=values["CLINICA_DIRECTORY_FILE"].strip(),
+        freepbx_db=_freepbx_db(values, "CLINICA_FREEPBX_DB"),
+        freepbx_conf=values["CLINICA_FREEPBX_CONF"].strip(),
+        freepbx_refresh_s=_int(values, "CLINICA_FREEPBX_REFRESH_S", 1, 86400),
         ami_host=values["CLINICA_AMI_HOST"].strip(),
         ami_port=_int(values, "CLINICA_AMI_PORT", 1, 65535),
         ami_user=values["CLINICA_AMI_USER"].strip(),

@@ -28,6 +28,7 @@ from .ami import AmiClient
 from .auth import answer_secret, authenticate, parse_body
 from .directory import Directory
 from .errors import ApiError, Code
+from .freepbx_db import FreePbxSource, source_for
 from .signature import sign
 from .stores import StorePerThread
 
@@ -51,6 +52,7 @@ class ApiContext:
     ami: Optional[AmiClient]
     pbx: str
     clock: Callable[[], float]
+    freepbx: Optional[FreePbxSource] = None
 
 
 def resolve_method(path: str) -> Tuple[Optional[str], str]:
@@ -85,8 +87,9 @@ def _single(args, name: str) -> Optional[str]:
 # --- methods: (context, params, prefix) -> answer --------------------------------------
 
 def _call_details(ctx: ApiContext, params: Dict[str, Any], prefix: str) -> Dict[str, Any]:
-    return call_details.call_details(ctx.stores.get().conn, params, ctx.directory,
-                                     ctx.settings.company_id, ctx.clock())
+    s = ctx.settings
+    return call_details.call_details(ctx.stores.get().conn, params, ctx.directory, s.company_id, ctx.clock(),
+                                     ctx.freepbx, s.country_code, s.trunk_prefix)
 
 
 def _base_url(ctx: ApiContext, prefix: str) -> str:
@@ -104,7 +107,7 @@ def _call_record(ctx: ApiContext, params: Dict[str, Any], prefix: str) -> Dict[s
 
 def _ext_to_phone(ctx: ApiContext, params: Dict[str, Any], prefix: str) -> Dict[str, Any]:
     return click_to_call.click_to_call(params, ctx.settings, ctx.stores.get(), ctx.directory, ctx.ami,
-                                       ctx.pbx, ctx.clock)
+                                       ctx.pbx, ctx.clock, ctx.freepbx)
 
 
 METHODS = {
@@ -117,7 +120,7 @@ METHODS = {
 # --- the application ------------------------------------------------------------------
 
 def build_context(settings: Settings, clock: Callable[[], float] = time.time,
-                  ami: Optional[AmiClient] = None) -> ApiContext:
+                  ami: Optional[AmiClient] = None, freepbx: Optional[FreePbxSource] = None) -> ApiContext:
     if ami is None and settings.ami_user:
         ami = AmiClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret,
                         settings.ami_timeout_s)
@@ -129,6 +132,7 @@ def build_context(settings: Settings, clock: Callable[[], float] = time.time,
         ami=ami,
         pbx=settings.pbx_id or socket.gethostname(),
         clock=clock,
+        freepbx=freepbx or source_for(settings.freepbx_db, settings.freepbx_conf, settings.freepbx_refresh_s),
     )
 
 

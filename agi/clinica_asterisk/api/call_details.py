@@ -4,7 +4,8 @@
 key, with ``isNewCall`` answered by the ``calls_by_external`` index in the same
 statement).  Types follow the seed's example: every value a string except ``waitsec`` (a
 number) and ``dstNumbers`` (a list of strings).  ``customerData`` is the CRM's own
-knowledge and is left out.
+knowledge and is left out.  Employee names and ``didName`` come from :mod:`.names` (the
+directory file over FreePBX's database).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .directory import Directory, Employee
 from .errors import ApiError, Code
+from .freepbx_db import FreePbxSource
+from .names import current_names
 
 MAX_IDS = 500
 _MAX_ID = 2 ** 63 - 1
@@ -89,8 +92,9 @@ def employee_extension(call: Mapping[str, Any]) -> str:
 
 
 def details(call: Mapping[str, Any], seen_before: bool, employees: Mapping[str, Employee],
-            company_id: str, now: float) -> Dict[str, Any]:
-    """One entry of ``callDetails``; ``employees`` by extension (the directory)."""
+            company_id: str, now: float, did_name: str = "") -> Dict[str, Any]:
+    """One entry of ``callDetails``; ``employees`` by extension, ``did_name`` the name of
+    the number an incoming call dialled."""
     incoming = call["direction"] == "in"
     online = call.get("ended_at") is None
     answered_at = call.get("answered_at")
@@ -132,16 +136,23 @@ def details(call: Mapping[str, Any], seen_before: bool, employees: Mapping[str, 
         "isNewCall": "0" if seen_before or not call.get("external_number") else "1",
         "did": (call.get("did") or "") if incoming else "",
         "didNumber": (call.get("did") or "") if incoming else "",
-        "didName": "",
+        "didName": did_name if incoming else "",
         "trunkNumber": "" if incoming else (call.get("trunk") or ""),
     }
 
 
 def call_details(conn: sqlite3.Connection, params: Mapping[str, Any], directory: Optional[Directory],
-                 company_id: str, now: float) -> Dict[str, Any]:
+                 company_id: str, now: float, freepbx: Optional[FreePbxSource] = None,
+                 country_code: str = "380", trunk_prefix: str = "0") -> Dict[str, Any]:
     """The whole answer: ``callDetails`` keyed by id (as a string), in the order asked."""
     ids = parse_ids(params)
     found = {call["id"]: (call, seen) for call, seen in fetch(conn, ids)}
-    employees = directory.entries() if directory is not None else {}
-    entries = {str(i): details(*found[i], employees, company_id, now) for i in ids if i in found}
+    names = current_names(directory, freepbx, country_code, trunk_prefix) if found else None
+    entries = {}
+    for i in ids:
+        if i in found:
+            call, seen = found[i]
+            did_name = names.did_name(call.get("did") or "", call.get("src_number") or "") \
+                if call["direction"] == "in" else ""
+            entries[str(i)] = details(call, seen, names.employees, company_id, now, did_name)
     return {"status": "success", "callDetails": entries}

@@ -3,7 +3,8 @@
 Both numbers end up in a dial string and in AMI headers, so they are accepted only as
 plain ASCII digits (:data:`EXTENSION`, :data:`PHONE`): no ``@`` or ``/`` to change the
 Local channel's context or options, no ``&`` to add a second channel, no CR/LF to add a
-header or an action.  When a directory file is configured the extension must be listed.
+header or an action.  The extension must exist: in FreePBX's extensions once its database
+has been read, else in the directory file when there is one (else it is not checked).
 
 The call is stored first (origin ``api``), so its id exists before Asterisk runs any hook;
 the Originate hands the id to the new channels as the inherited variable
@@ -25,6 +26,8 @@ from ..store import Store, StoreError
 from .ami import AmiClient, AmiError, AmiLoginFailed, AmiRefused, AmiTimeout
 from .directory import Directory
 from .errors import ApiError, Code
+from .freepbx_db import FreePbxSource
+from .names import extension_exists
 
 log = logging.getLogger("clinica_asterisk.api.click_to_call")
 
@@ -89,11 +92,12 @@ _AMI_CODES = {AmiLoginFailed: Code.AMI_LOGIN_FAILED, AmiRefused: Code.AMI_REFUSE
 
 
 def click_to_call(params: Mapping[str, Any], settings: Settings, store: Store, directory: Optional[Directory],
-                  ami: Optional[AmiClient], pbx: str, now: Callable[[], float]) -> Dict[str, str]:
+                  ami: Optional[AmiClient], pbx: str, now: Callable[[], float],
+                  freepbx: Optional[FreePbxSource] = None) -> Dict[str, str]:
     if ami is None:
         raise ApiError(Code.CLICK_TO_CALL_OFF, "click-to-call is not configured on the PBX")
     ext, phone, ring_s = parse_request(params, settings.originate_timeout_s)
-    if directory is not None and directory.configured and ext not in directory:
+    if extension_exists(ext, directory, freepbx) is False:
         raise ApiError(Code.UNKNOWN_EXTENSION, "unknown extension")
     fmt = NumberFormat(settings.number_format, settings.country_code, settings.trunk_prefix)
     try:

@@ -22,7 +22,7 @@ class Code(enum.IntEnum):
     BAD_SIGNATURE = 120
     MISSING_PARAMETER = 130
     INVALID_PARAMETER = 131
-    UNKNOWN_EXTENSION = 140   # click-to-call: not in the directory file
+    UNKNOWN_EXTENSION = 140   # click-to-call: no such extension (FreePBX, else the directory file)
     NO_SUCH_CALL = 150
     NO_RECORDING = 151        # the call has no recording
     RECORDING_MISSING = 152   # the recording's file is not on disk

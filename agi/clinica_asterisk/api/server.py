@@ -76,6 +76,8 @@ class ApiServer:
         )
         self._thread = threading.Thread(target=self._serve, name="clinica-api", daemon=True)
         self._thread.start()
+        if self.context.freepbx is not None:
+            self.context.freepbx.refresh_in_background()  # the first request need not wait for it
         log.info("api listening on %s:%s", *self.address)
 
     def _serve(self) -> None:

@@ -108,7 +108,7 @@ def check_configuration(ctx: Context) -> Check:
     if s.source:
         mode = stat.S_IMODE(os.stat(s.source).st_mode)
         parts.append(f"read from {s.source}")
-        in_file = {k for k, v in read_env_file(s.source).items() if v}
+        in_file = {k for k, v in read_env_file(s.source).items() if _holds_secret(k, v)}
         if mode & 0o077 and SECRET_KEYS & in_file:
             status = WARN
             parts.append(f"mode {mode:o} lets others read its secrets: chmod 600 {s.source}")
@@ -122,7 +122,17 @@ def check_configuration(ctx: Context) -> Check:
 
 
 def _secret_set(settings: Settings, key: str) -> bool:
-    return bool(settings.api_keys if key == "CLINICA_API_KEYS" else settings.ami_secret)
+    if key == "CLINICA_API_KEYS":
+        return bool(settings.api_keys)
+    if key == "CLINICA_FREEPBX_DB":
+        return _holds_secret(key, settings.freepbx_db)
+    return bool(settings.ami_secret)
+
+
+def _holds_secret(key: str, value: str) -> bool:
+    if key == "CLINICA_FREEPBX_DB":  # auto and off are not secrets; a URL holds a password
+        return "://" in (value or "")
+    return bool(value)
 
 
 def shown_url(url: str) -> str:

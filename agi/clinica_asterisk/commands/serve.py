@@ -156,7 +156,8 @@ class Service:
         old, self.delivery = self.delivery, DeliveryWorker(new).start()
         old.stop.set()
         if self.api is not None and _api_settings(new) != _api_settings(self.settings):
-            log.warning("CLINICA_API_* or CLINICA_AMI_* changed: restart the service to apply them to the API")
+            log.warning("CLINICA_API_*, CLINICA_AMI_* or CLINICA_FREEPBX_* changed: "
+                        "restart the service to apply them to the API")
         self.settings = new
         log.info("configuration reloaded from %s", new.source or "the environment")
         self.notifier.ready(self.status)
@@ -183,7 +184,8 @@ class Service:
 
 def _api_settings(s: Settings):
     return (s.api_bind, s.api_public_url, tuple(sorted(s.api_keys.items())), s.api_max_body, s.recordings_dir,
-            s.record_link_ttl_s, s.directory_file, s.ami_host, s.ami_port, s.ami_user, s.ami_secret)
+            s.record_link_ttl_s, s.directory_file, s.ami_host, s.ami_port, s.ami_user, s.ami_secret,
+            s.freepbx_db, s.freepbx_conf, s.freepbx_refresh_s)
 
 
 def _without_credentials(url: str) -> str:
