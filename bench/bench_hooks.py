@@ -218,6 +218,8 @@ class Calls:
 
 
 def answer(variables: Dict[str, Optional[str]], local: Dict[str, str], line: str) -> str:
+    from clinica_asterisk.asterisk_peer import substitute
+
     """What Asterisk answers (as :class:`asterisk_peer.AsteriskCall` does for these
     commands), at a cost nearer Asterisk's own: the load generator shares the cores."""
     if line.startswith("GET VARIABLE "):
@@ -225,13 +227,13 @@ def answer(variables: Dict[str, Optional[str]], local: Dict[str, str], line: str
         value = local.get(name, variables.get(name))
         return "200 result=0" if value is None else f"200 result=1 ({value})"
     if line.startswith("GET FULL VARIABLE "):
-        expression = line[18:].strip('"')
-        expression = "${CHANNEL(linkedid)}" if expression == "${CDR(linkedid)}" else expression
-        if expression in variables:
-            value = variables[expression]
-        else:
-            value = local.get(expression[2:-1], variables.get(expression[2:-1]))
-        return f"200 result=1 ({value or ''})"
+        def value_of(expression: str) -> str:
+            expression = "${CHANNEL(linkedid)}" if expression == "${CDR(linkedid)}" else expression
+            if expression in variables:
+                return variables[expression] or ""
+            return local.get(expression[2:-1], variables.get(expression[2:-1])) or ""
+
+        return f"200 result=1 ({substitute(line[18:].strip(chr(34)), value_of)})"
     if line.startswith("SET VARIABLE "):
         name, _, value = line[13:].partition('" "')
         local[name.strip('"').lstrip("_")] = value.rstrip('"')

@@ -3,7 +3,8 @@
 Used by ``clinica-asterisk simulate`` (calls played against the FastAGI server without a
 PBX), by the benchmark and by the tests.  It answers commands the way the recordings show
 Asterisk answering them: variables from the recorded values, ``200 result=0`` for an unset
-variable, ``200 result=1 ()`` for an empty expression, ``510`` for an unknown command,
+variable, ``200 result=1 ()`` for an empty expression (an expression is substituted the
+way Asterisk does it, inner ``${…}`` first, ``CSV_QUOTE`` included), ``510`` for an unknown command,
 ``511`` for channel commands on a dead channel; a ``SET VARIABLE __NAME`` is inherited by
 the call's later sessions (as the recordings show for ``__CLINICA_TEST``).  Commands are
 split into arguments the way Asterisk's parser does (double quotes, backslash escapes).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import select
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 # Both read the same field of the channel.
 ALIASES = {"${CDR(linkedid)}": "${CHANNEL(linkedid)}"}
@@ -43,6 +44,34 @@ def split_command(line: str) -> List[str]:
     if started:
         args.append("".join(current))
     return args
+
+
+def substitute(text: str, value_of: Callable[[str], str]) -> str:
+    """``text`` with each ``${…}`` replaced, as Asterisk substitutes an expression: the
+    inner ones first, then ``CSV_QUOTE(…)`` quoted as Asterisk's function quotes (doubled
+    quotes, whole value in quotes), any other ``${X}`` by ``value_of("${X}")``."""
+    out, i = [], 0
+    while True:
+        start = text.find("${", i)
+        if start < 0:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:start])
+        depth, j = 1, start + 2
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        if depth:  # not closed: Asterisk leaves it as it is
+            out.append(text[start:])
+            return "".join(out)
+        inner = text[start + 2:j - 1]
+        if "${" in inner:
+            inner = substitute(inner, value_of)
+        if inner.startswith("CSV_QUOTE(") and inner.endswith(")"):
+            out.append('"' + inner[len("CSV_QUOTE("):-1].replace('"', '""') + '"')
+        else:
+            out.append(value_of("${" + inner + "}"))
+        i = j
 
 
 def parse_answer_value(answer: str) -> Optional[str]:
@@ -128,14 +157,13 @@ class AsteriskCall:
             value = self._lookup(session, args[2], local)
             return "200 result=0" if value is None else f"200 result=1 ({value})"
         if upper[:3] == ["GET", "FULL", "VARIABLE"] and len(args) in (4, 5):
-            expression = ALIASES.get(args[3], args[3])
-            if expression in session.variables:
-                value = session.variables[expression]
-            elif expression.startswith("${") and expression.endswith("}"):
-                value = self._lookup(session, expression[2:-1], local)
-            else:
-                value = ""
-            return f"200 result=1 ({value or ''})"
+            def value_of(expression: str) -> str:
+                expression = ALIASES.get(expression, expression)
+                if expression in session.variables:
+                    return session.variables[expression] or ""
+                return self._lookup(session, expression[2:-1], local) or ""
+
+            return f"200 result=1 ({substitute(args[3], value_of)})"
         if upper[:2] == ["SET", "VARIABLE"] and len(args) == 4:
             name, value = args[2], args[3]
             self.set_on_channel.append((session.label, name, value))

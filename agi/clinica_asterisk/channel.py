@@ -11,32 +11,23 @@ that every caller gets the same safe behaviour:
 * pyst2's debug output goes nowhere instead of to Asterisk;
 * values written into a command are quoted with CR/LF removed, so no value can inject a
   second command;
-* FastAGI's unsolicited ``HANGUP`` line is noted and skipped, never taken for an answer.
+* FastAGI's unsolicited ``HANGUP`` line is noted and skipped, never taken for an answer;
+* answers are parsed by :func:`agi_reply.parse_reply`, and :meth:`AgiChannel.prefetch`
+  reads what a hook needs in one round trip (each round trip is a network delay when the
+  FastAGI server runs on another host, and costs both sides CPU).
 """
 
 from __future__ import annotations
 
 import os
 import select
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
-import asterisk.agi
 from asterisk.agi import AGI, AGIException
 
+from .agi_reply import Reply, as_expression, batch_expression, parse_reply, reply_code, split_batch
 from .agi_request import MAX_LINE_BYTES, AgiRequest, EnvBlockError, parse_env_block
 from .deadline import Deadline, DeadlineExceeded
-
-
-class _NoPrettyPrint:
-    """pyst2 pretty-prints every answer for its debug stream, which we discard (see
-    :class:`_Discard`); formatting it cost a FastAGI server about a sixth of its CPU."""
-
-    @staticmethod
-    def pformat(obj) -> str:
-        return ""
-
-
-asterisk.agi.pprint = _NoPrettyPrint
 
 
 class ChannelClosed(EOFError):
@@ -100,26 +91,17 @@ class LineStream:
                 return AgiRequest(parse_env_block(lines))
 
 
-def quote_argument(value: object) -> str:
-    """One AGI command argument: CR, LF and NUL removed, quotes and backslashes escaped."""
+def one_line(value: object) -> str:
+    """``value`` as text that cannot end an AGI command line: CR, LF and NUL become spaces."""
     text = str(value)
     for ch in "\r\n\x00":
         text = text.replace(ch, " ")
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
-class _Pyst2Reader:
-    def __init__(self, channel: "AgiChannel"):
-        self._channel = channel
-
-    def readline(self) -> str:
-        while True:
-            line = self._channel.stream.readline()
-            if line.strip() == "HANGUP":
-                # FastAGI: the caller hung up.  Commands may still be answered.
-                self._channel.hung_up = True
-                continue
-            return line + "\n"
+def quote_argument(value: object) -> str:
+    """One AGI command argument: :func:`one_line`, quotes and backslashes escaped."""
+    return '"' + one_line(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class _Pyst2Writer:
@@ -152,9 +134,28 @@ class AgiChannel(AGI):
         self.hung_up = False
         self._got_sighup = False
         self.env = {}
-        self.stdin = _Pyst2Reader(self)
         self.stdout = _Pyst2Writer(stream)
         self.stderr = _Discard()
+        self._values: Dict[str, str] = {}  # by expression, from prefetch() and set()
+
+    def _answer_line(self) -> str:
+        while True:
+            line = self.stream.readline()
+            if line.strip() == "HANGUP":
+                # FastAGI: the caller hung up.  Commands may still be answered.
+                self.hung_up = True
+                continue
+            return line
+
+    def get_result(self, stdin=None) -> Reply:
+        line = self._answer_line()
+        usage: List[str] = []
+        if line.startswith("520-"):  # a usage text, up to its closing "520 " line
+            while len(usage) < 100:
+                usage.append(self._answer_line())
+                if reply_code(usage[-1]) == 520 and not usage[-1].startswith("520-"):
+                    break
+        return parse_reply(line, usage)
 
     def _quote(self, string):
         return quote_argument(string)
@@ -164,13 +165,29 @@ class AgiChannel(AGI):
         pass
 
     # The calls the handlers use: errors of one command do not end the session.
+    def prefetch(self, names: Sequence[str]) -> None:
+        """Read variables and expressions in one round trip, for :meth:`variable` and
+        :meth:`expression` to answer from.  If Asterisk does not answer as expected,
+        nothing is kept and they read one by one."""
+        wanted = list(dict.fromkeys(as_expression(n) for n in names if as_expression(n) not in self._values))
+        if len(wanted) < 2:
+            return
+        try:
+            values = split_batch(self.get_full_variable(batch_expression(wanted)), len(wanted))
+        except AGIException:
+            return
+        if values is not None:
+            self._values.update(zip(wanted, values))
+
     def variable(self, name: str) -> str:
-        """GET VARIABLE; '' when unset."""
-        return self.get_variable(name)
+        """A channel variable; '' when unset."""
+        cached = self._values.get(as_expression(name))
+        return cached if cached is not None else self.get_variable(name)
 
     def expression(self, expression: str) -> str:
         """GET FULL VARIABLE, e.g. ``${CDR(billsec)}``; '' when empty."""
-        return self.get_full_variable(expression)
+        cached = self._values.get(expression)
+        return cached if cached is not None else self.get_full_variable(expression)
 
     def first_of(self, *expressions: str) -> str:
         """The first non-empty of several expressions (read in order, lazily)."""
@@ -183,9 +200,10 @@ class AgiChannel(AGI):
     def set(self, name: str, value: object) -> bool:
         try:
             self.set_variable(name, value)
-            return True
         except AGIException:
             return False
+        self._values[as_expression(name.lstrip("_"))] = one_line(value)  # what the channel now holds
+        return True
 
     def say(self, message: str) -> None:
         """A VERBOSE line on the Asterisk console; never fails the hook."""

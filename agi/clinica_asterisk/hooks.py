@@ -1,8 +1,9 @@
 """The hook handlers: one plain function per stage, registered under the stage's name (the
 first AGI argument in script mode, the script name under FastAGI).
 
-A handler only reads what its stage needs from the channel.  :func:`run_hook` does the
-rest the same way for every stage: apply the pure plan (:mod:`call_flow`) in one
+A handler only reads what its stage needs from the channel; it names those variables when
+it registers, so that they all come in one round trip (:meth:`AgiChannel.prefetch`).
+:func:`run_hook` does the rest the same way for every stage: apply the pure plan (:mod:`call_flow`) in one
 transaction, write the events to the outbox, try to send them within the deadline, and set
 ``CLINICA_STATUS`` for the dialplan.  It never raises into Asterisk.
 """
@@ -13,7 +14,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from asterisk.agi import AGIException
 
@@ -37,10 +38,18 @@ STATUS_VARIABLE = "CLINICA_STATUS"
 
 FactReader = Callable[[AgiChannel, Sequence[str]], Dict[str, str]]
 HANDLERS: Dict[str, FactReader] = {}
+# What each stage reads from the channel, fetched at once before its handler runs.
+READS: Dict[str, Tuple[str, ...]] = {}
+# Stages that may have to describe a call no earlier hook stored.
+FALLBACK_STAGES = ("ring-in", "ring-out", "hangup")
+LINKEDID_KEYS = ("CLINICA_LINKEDID", "${CHANNEL(linkedid)}")
+# What _fallback_facts reads.
+FALLBACK_KEYS = (*LINKEDID_KEYS, "${CALLERID(num)}", "FROM_DID", "DIAL_NUMBER", "AMPUSER")
 
 
-def handler(stage: str):
-    """Register a stage's fact reader; a second one under the same name is a bug."""
+def handler(stage: str, reads: Sequence[str] = ()):
+    """Register a stage's fact reader and the variables it reads; a second one under the
+    same name is a bug."""
 
     def register(fn: FactReader) -> FactReader:
         if stage in HANDLERS:
@@ -48,6 +57,7 @@ def handler(stage: str):
         if stage not in call_flow.PLANS:
             raise RuntimeError(f"no plan for stage {stage!r}")
         HANDLERS[stage] = fn
+        READS[stage] = tuple(dict.fromkeys((*reads, CALLID_VARIABLE)))  # see _known_call_id
         return fn
 
     return register
@@ -62,7 +72,7 @@ def _linkedid(channel: AgiChannel) -> str:
     return channel.first_of("CLINICA_LINKEDID", "${CHANNEL(linkedid)}")
 
 
-@handler("ring-in")
+@handler("ring-in", reads=(*LINKEDID_KEYS, "${CALLERID(num)}", "FROM_DID"))
 def ring_in(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     """AGI(clinica-agi,ring-in,<DID>[,<target>]) when a call enters from a trunk."""
     return {
@@ -81,7 +91,7 @@ def _install_answer_routine(channel: AgiChannel, variable: str, who: str, leg: s
         channel.set(variable, changed)
 
 
-@handler("dial")
+@handler("dial", reads=("DEXTEN", "D_OPTIONS", "NODEST"))
 def dial(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     """AGI(clinica-agi,dial,<extension>) before an extension, ring group or queue rings
     (FreePBX's predial hooks; D_OPTIONS are the Dial options of one extension)."""
@@ -91,7 +101,7 @@ def dial(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     return {"target": member, "group": channel.variable("NODEST")}
 
 
-@handler("ring-out")
+@handler("ring-out", reads=("DIAL_NUMBER", "DIAL_TRUNK_OPTIONS", *LINKEDID_KEYS, "CHANNEL"))
 def ring_out(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     """AGI(clinica-agi,ring-out,<AMPUSER>,<number>,<trunk>) before a trunk is dialled."""
     number = _arg(args, 1) or channel.variable("DIAL_NUMBER")
@@ -106,7 +116,7 @@ def ring_out(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     }
 
 
-@handler("answer")
+@handler("answer", reads=("DIALEDPEERNUMBER",))
 def answer(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     """AGI(clinica-agi,answer,<extension or number>,<ext|trunk>) from Dial's U()."""
     facts = {"target": _arg(args, 0), "leg": _arg(args, 1)}
@@ -115,7 +125,8 @@ def answer(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     return facts
 
 
-@handler("hangup")
+@handler("hangup", reads=("DIALSTATUS", "ANSWEREDTIME", "${CDR(billsec)}", "${CDR(disposition)}",
+                          "${CDR(recordingfile)}", *FALLBACK_KEYS))
 def hangup(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     """AGI(clinica-agi,hangup,<in|out>) from the hangup handler of the entering channel."""
     return {
@@ -181,7 +192,7 @@ def _known_call_id(services: HookServices, channel: AgiChannel, stage: str, fact
     callid = channel.variable(CALLID_VARIABLE)
     if callid.isdigit() and services.store.call(int(callid)) is not None:
         return int(callid)  # calls are never deleted: it is still there in the transaction
-    if stage in ("ring-in", "ring-out", "hangup") and "linkedid" not in facts:
+    if stage in FALLBACK_STAGES and "linkedid" not in facts:
         facts.update(_fallback_facts(channel, stage))
     return None
 
@@ -189,7 +200,7 @@ def _known_call_id(services: HookServices, channel: AgiChannel, stage: str, fact
 def _find_call(services: HookServices, known: Optional[int], stage: str, facts: Dict[str, str]):
     if known is not None:
         return services.store.call(known), False
-    if stage in ("ring-in", "ring-out", "hangup") and facts.get("linkedid"):
+    if stage in FALLBACK_STAGES and facts.get("linkedid"):
         call = services.store.call_by_linkedid(services.pbx, facts["linkedid"])
         return call, call is not None
     return None, False
@@ -197,6 +208,7 @@ def _find_call(services: HookServices, known: Optional[int], stage: str, facts: 
 
 def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: Sequence[str]) -> HookResult:
     """Read the facts, store what they change, queue the events.  No network I/O."""
+    channel.prefetch(READS[stage])
     facts = HANDLERS[stage](channel, args)
     known = _known_call_id(services, channel, stage, facts)
     now = services.clock()
