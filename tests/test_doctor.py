@@ -1,6 +1,6 @@
 """``clinica-asterisk doctor`` run in-process against real things: a CRM sink over HTTP, a
 closed port, a fake AMI on a real socket, a stand-in ``asterisk`` command, a real call
-store and listening sockets."""
+store, listening sockets and a real MariaDB with FreePBX's tables."""
 
 import os
 import re
@@ -166,6 +166,8 @@ def setup(tmp_path, monkeypatch, crm, ami, ports, stand_ins):
         "CLINICA_API_KEYS": f"701151-a3a9ca8:{API_SECRET}",
         "CLINICA_FASTAGI_BIND": f"127.0.0.1:{ports[0]}",
         "CLINICA_API_BIND": f"127.0.0.1:{ports[1]}",
+        # Not a FreePBX machine (whatever this one is).
+        "CLINICA_FREEPBX_CONF": str(tmp_path / "no-freepbx.conf"),
     }
     env_file = tmp_path / "clinica.env"
 
@@ -196,7 +198,8 @@ def status_of(lines, name):
 def test_everything_in_order_gives_one_ok_line_per_check_and_exit_0(setup, capsys):
     status, lines, out = run_doctor(capsys)
 
-    assert list(lines) == ["configuration", "crm", "ami", "dialplan", "data", "outbox", "fastagi", "api"]
+    assert list(lines) == ["configuration", "crm", "ami", "dialplan", "data", "outbox", "fastagi", "api",
+                           "freepbx"]
     assert {name: status_of(lines, name) for name in lines} == dict.fromkeys(lines, "OK"), out
     assert status == 0
     assert f"read from {setup.env_file}" in lines["configuration"]
@@ -207,6 +210,7 @@ def test_everything_in_order_gives_one_ok_line_per_check_and_exit_0(setup, capsy
     assert "clinica-push loaded (2 extensions)" in lines["dialplan"]
     assert "FastAGI mode: CLINICA_AGI=agi://127.0.0.1:4574/clinica-agi" in lines["dialplan"]
     assert "nothing waiting" in lines["outbox"] or "no call store yet" in lines["outbox"]
+    assert "not read: auto: no " in lines["freepbx"] and "directory file alone" in lines["freepbx"]
     assert setup.crm.pushes() == []  # nothing was pushed
     assert setup.ami.logins == ["clinica"]
 
@@ -453,3 +457,78 @@ def test_invalid_configuration_is_the_failed_check(tmp_path, capsys, monkeypatch
     assert main(["doctor"]) == ExitStatus.CONFIG
     out = capsys.readouterr().out
     assert out.startswith("FAIL configuration") and "CLINICA_HOOK_DEADLINE_MS" in out
+
+
+# --- FreePBX's database -------------------------------------------------------------------
+
+def test_freepbx_s_database_read_says_how_much_it_found_and_never_the_password(setup, capsys, freepbx_db):
+    from mariadb_support import RO_PASSWORD
+
+    setup.write(freepbx_db=freepbx_db.url())
+    status, lines, out = run_doctor(capsys)
+    assert status_of(lines, "freepbx") == "OK"
+    assert lines["freepbx"].endswith(
+        f"clinica@127.0.0.1:{freepbx_db.port}/asterisk (credentials from CLINICA_FREEPBX_DB): "
+        "5 extensions (2 named in User Management), 6 inbound routes")
+    assert "secrets set: CLINICA_AMI_SECRET, CLINICA_API_KEYS, CLINICA_FREEPBX_DB" in lines["configuration"]
+    assert RO_PASSWORD not in out and "r0%3Ap" not in out
+    assert status == 0
+
+
+def test_freepbx_s_own_credentials_are_used_by_auto(setup, capsys, freepbx_db, tmp_path):
+    from mariadb_support import FREEPBX_PASSWORD
+
+    conf = tmp_path / "freepbx.conf"
+    conf.write_text(f'<?php\n$amp_conf["AMPDBUSER"] = "freepbxuser";\n$amp_conf["AMPDBPASS"] = "{FREEPBX_PASSWORD}";\n'
+                    f'$amp_conf["AMPDBSOCK"] = "{freepbx_db.socket}";\n$amp_conf["AMPDBNAME"] = "asterisk";\n')
+    setup.write(freepbx_conf=str(conf))
+    _, lines, out = run_doctor(capsys)
+    assert status_of(lines, "freepbx") == "OK"
+    assert f"freepbxuser@unix:{freepbx_db.socket}/asterisk (credentials from {conf}): 5 extensions" in lines["freepbx"]
+    assert FREEPBX_PASSWORD not in out
+
+
+def test_a_freepbx_database_that_cannot_be_reached_fails(setup, capsys, freepbx_db):
+    from mariadb_support import RO_PASSWORD
+
+    port = free_port()
+    setup.write(freepbx_db=freepbx_db.url(port=port))
+    status, lines, out = run_doctor(capsys)
+    assert status_of(lines, "freepbx") == "FAIL"
+    assert f"clinica@127.0.0.1:{port}/asterisk (credentials from CLINICA_FREEPBX_DB): cannot read: (2003)" \
+        in lines["freepbx"]
+    assert RO_PASSWORD not in out
+    assert status == 1
+
+
+def test_a_freepbx_user_without_the_grants_fails_and_says_which(setup, capsys, freepbx_db):
+    freepbx_db.execute("CREATE USER IF NOT EXISTS 'partial'@'127.0.0.1' IDENTIFIED BY 'pw'",
+                       "GRANT SELECT ON asterisk.users TO 'partial'@'127.0.0.1'", database=None)
+    setup.write(freepbx_db=freepbx_db.url(user="partial", password="pw"))
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "freepbx") == "FAIL"
+    assert "(1142) SELECT command denied" in lines["freepbx"]
+    assert lines["freepbx"].endswith("the user needs SELECT on users, userman_users, incoming")
+
+
+def test_freepbx_s_database_off_is_only_a_note(setup, capsys):
+    setup.write(freepbx_db="off")
+    status, lines, _ = run_doctor(capsys)
+    assert (status_of(lines, "freepbx"), status) == ("OK", 0)
+    assert "not read: off (CLINICA_FREEPBX_DB=off)" in lines["freepbx"]
+
+
+def test_a_freepbx_conf_the_service_cannot_read_is_a_warning(setup, capsys, tmp_path):
+    setup.write(freepbx_conf=str(tmp_path))  # a directory: exists, cannot be read as a file (even by root)
+    status, lines, _ = run_doctor(capsys)
+    assert (status_of(lines, "freepbx"), status) == ("WARN", 0)
+    assert "cannot be read by this user" in lines["freepbx"] and "SupplementaryGroups=asterisk" in lines["freepbx"]
+
+
+def test_a_freepbx_conf_without_a_database_user_is_a_warning(setup, capsys, tmp_path):
+    conf = tmp_path / "freepbx.conf"
+    conf.write_text("<?php\nrequire_once('/var/www/html/admin/bootstrap.php');\n")
+    setup.write(freepbx_conf=str(conf))
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "freepbx") == "WARN"
+    assert f"{conf}: no AMPDBUSER" in lines["freepbx"]

@@ -1,6 +1,7 @@
-"""No secret (CLINICA_API_KEYS, CLINICA_AMI_SECRET) reaches a log, the AGI stream or the
-output of the commands: the AGI script's log file at DEBUG level while the CRM fails, the
-delivery worker's journal output, a broken configuration, the doctor."""
+"""No secret (CLINICA_API_KEYS, CLINICA_AMI_SECRET, the password in a CLINICA_FREEPBX_DB URL)
+reaches a log, the AGI stream or the output of the commands: the AGI script's log file at
+DEBUG level while the CRM fails, the delivery worker's journal output, a broken
+configuration, the doctor."""
 
 import os
 import re
@@ -14,7 +15,8 @@ from clinica_asterisk.config import DEFAULTS, SECRET_KEYS, build_settings
 BIN = os.path.dirname(sys.executable)
 AMI_SECRET = "ami-secret-5d0c2a9e"
 API_SECRET = "api-secret-81f4b7c3"
-SECRETS = (AMI_SECRET, API_SECRET)
+DB_SECRET = "db-secret-2e9a6f10"
+SECRETS = (AMI_SECRET, API_SECRET, DB_SECRET)
 
 ENV_BLOCK = (
     "agi_request: clinica-agi\nagi_channel: PJSIP/trunk-00000001\nagi_language: en\n"
@@ -53,7 +55,9 @@ def env(tmp_path, failing_crm):
     env_file = tmp_path / "clinica.env"
     env_file.write_text(
         f"CLINICA_CRM_PUSH_URL={failing_crm.url}\nCLINICA_DATA_DIR={tmp_path / 'data'}\nCLINICA_LOG_LEVEL=DEBUG\n"
-        f"CLINICA_AMI_USER=clinica\nCLINICA_AMI_SECRET={AMI_SECRET}\nCLINICA_API_KEYS=701151-a3a9ca8:{API_SECRET}\n")
+        f"CLINICA_AMI_USER=clinica\nCLINICA_AMI_SECRET={AMI_SECRET}\nCLINICA_API_KEYS=701151-a3a9ca8:{API_SECRET}\n"
+        # a FreePBX database that is not there: the doctor's failure must not show the password
+        f"CLINICA_FREEPBX_DB=mysql://clinica:{DB_SECRET}@127.0.0.1:1/asterisk\n")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CLINICA_")}
     environ["CLINICA_ENV_FILE"] = str(env_file)
     return environ
@@ -95,11 +99,13 @@ def test_a_broken_secret_setting_is_named_but_never_echoed(env, tmp_path):
 def test_the_doctor_shows_which_secrets_are_set_not_their_values(env):
     done = subprocess.run([os.path.join(BIN, "clinica-asterisk"), "doctor", "--timeout", "1"],
                           env=dict(env, PATH=""), capture_output=True, text=True, timeout=60)
-    assert "secrets set: CLINICA_AMI_SECRET, CLINICA_API_KEYS" in done.stdout
+    assert "secrets set: CLINICA_AMI_SECRET, CLINICA_API_KEYS, CLINICA_FREEPBX_DB" in done.stdout
+    assert "FAIL freepbx" in done.stdout
     assert_no_secret(done.stdout, done.stderr)
 
 
 def test_settings_do_not_show_secrets_in_their_repr():
-    values = dict(DEFAULTS, CLINICA_AMI_SECRET=AMI_SECRET, CLINICA_API_KEYS=f"k:{API_SECRET}")
+    values = dict(DEFAULTS, CLINICA_AMI_SECRET=AMI_SECRET, CLINICA_API_KEYS=f"k:{API_SECRET}",
+                  CLINICA_FREEPBX_DB=f"mysql://clinica:{DB_SECRET}@10.0.0.5/asterisk")
     assert SECRET_KEYS == {"CLINICA_AMI_SECRET", "CLINICA_API_KEYS", "CLINICA_FREEPBX_DB"}
     assert_no_secret(repr(build_settings(values)))

@@ -1,10 +1,10 @@
 """Check the installation, one line per check: OK, WARN or FAIL and what was found.
 
 Checks the configuration, the CRM's push URL, the AMI login, the dialplan loaded in
-Asterisk, the data directory, the outbox backlog and the service's ports.  Each check has
-a time limit (--timeout).  The CRM gets a HEAD request only; the only write is a probe
-file in the data directory, removed at once.  Secrets are never shown.  The exit status
-is 1 when a check FAILed."""
+Asterisk, the data directory, the outbox backlog, the service's ports and FreePBX's
+database (three SELECTs).  Each check has a time limit (--timeout).  The CRM gets a HEAD
+request only; the only write is a probe file in the data directory, removed at once.
+Secrets are never shown.  The exit status is 1 when a check FAILed."""
 
 from __future__ import annotations
 
@@ -357,6 +357,32 @@ def check_api(ctx: Context) -> Check:
                               "recordings or click-to-call (clinica-asterisk serve)")
 
 
+def check_freepbx(ctx: Context) -> Check:
+    from ..api import freepbx_db
+
+    s = ctx.settings
+    try:
+        target, why_not = freepbx_db.resolve_target(s.freepbx_db, s.freepbx_conf)
+    except freepbx_db.FreePbxError as exc:
+        return Check(WARN, "freepbx", f"not read: {exc}: employee names come from the directory file alone")
+    if target is None:
+        if "cannot be read" in why_not:
+            return Check(WARN, "freepbx", f"not read: {why_not}: give the service user the asterisk group "
+                                          "(SupplementaryGroups=asterisk), or set CLINICA_FREEPBX_DB")
+        return Check(OK, "freepbx", f"not read: {why_not}; employee names come from the directory file alone")
+    where = f"{target.shown()} (credentials from {target.origin})"
+    try:
+        data = freepbx_db.read_freepbx(target, ctx.timeout_s, ctx.timeout_s)
+    except freepbx_db.FreePbxError as exc:
+        hint = ""
+        if "command denied" in str(exc):
+            hint = "; the user needs SELECT on " + ", ".join(freepbx_db.TABLES)
+        return Check(FAIL, "freepbx", f"{where}: cannot read: {exc}{hint}")
+    return Check(OK, "freepbx", f"{where}: {len(data.employees)} extensions "
+                                f"({data.named_by_userman} named in User Management), "
+                                f"{len(data.routes)} inbound routes")
+
+
 CHECKS = (
     ("configuration", check_configuration),
     ("crm", check_crm),
@@ -366,4 +392,5 @@ CHECKS = (
     ("outbox", check_outbox),
     ("fastagi", check_fastagi),
     ("api", check_api),
+    ("freepbx", check_freepbx),
 )
