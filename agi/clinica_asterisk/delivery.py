@@ -18,7 +18,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlencode, urlsplit
 
 from .outbox import Outbox, OutboxEvent, lease_owner
@@ -256,19 +256,15 @@ class PushSender:
                         return
 
 
-def send_head_events(outbox: Outbox, sender: PushSender, call_id: int, until_monotonic: float,
-                     max_backoff_s: float) -> bool:
-    """Send a call's undelivered events in order until one fails or time runs out.
-
-    True when none of the call's events is left waiting."""
-    owner = lease_owner()
-    for event in outbox.pending_of_call(call_id):
+def send_leased_events(outbox: Outbox, sender: PushSender, events: Sequence[OutboxEvent],
+                       until_monotonic: float, max_backoff_s: float) -> bool:
+    """Send events leased by :meth:`Outbox.lease_pending`, in order, until one fails or
+    time runs out; the leases not used are given back.  True when all were delivered."""
+    for n, event in enumerate(events):
         left = until_monotonic - time.monotonic()
-        if left <= 0.01:
-            return False
-        if not outbox.claim(event, owner, outbox.store.clock() + left + LEASE_MARGIN_S):
-            return False  # another sender holds it (the worker); it keeps the order
-        if not deliver_one(outbox, sender, event, left, max_backoff_s):
+        if left <= 0.01 or not deliver_one(outbox, sender, event, left, max_backoff_s):
+            # A failed event's lease ended with its failure; the later ones wait behind it.
+            outbox.release([e.id for e in events[n if left <= 0.01 else n + 1:]], lease_owner())
             return False
     return True
 

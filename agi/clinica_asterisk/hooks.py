@@ -14,7 +14,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from asterisk.agi import AGIException
 
@@ -24,9 +24,9 @@ from .channel import AgiChannel, ChannelClosed
 from .config import Settings
 from .deadline import Deadline, DeadlineExceeded
 from .dial_options import with_answer_routine
-from .delivery import RESERVE_S, PushSender, send_head_events
+from .delivery import LEASE_MARGIN_S, RESERVE_S, PushSender, send_leased_events
 from .events import build_payload
-from .outbox import Outbox
+from .outbox import Outbox, OutboxEvent, lease_owner
 from .phone import digits_of
 from .store import Store, StoreError
 
@@ -183,6 +183,8 @@ class HookResult:
     call_id: Optional[int] = None
     detail: str = ""
     ms: int = 0
+    leased: List[OutboxEvent] = field(default_factory=list)  # the call's events, ours to send
+    leased_all: bool = False  # no event of the call waits on another sender
 
 
 def _known_call_id(services: HookServices, channel: AgiChannel, stage: str, facts: Dict[str, str]) -> Optional[int]:
@@ -206,8 +208,10 @@ def _find_call(services: HookServices, known: Optional[int], stage: str, facts: 
     return None, False
 
 
-def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: Sequence[str]) -> HookResult:
-    """Read the facts, store what they change, queue the events.  No network I/O."""
+def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: Sequence[str],
+                lease_s: float = 0.0) -> HookResult:
+    """Read the facts, store what they change, queue the events and lease the call's
+    undelivered ones for ``lease_s`` (to send them at once).  No network I/O."""
     channel.prefetch(READS[stage])
     facts = HANDLERS[stage](channel, args)
     known = _known_call_id(services, channel, stage, facts)
@@ -232,12 +236,15 @@ def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: S
                                        build_payload(request_type, after, services.settings.company_id),
                                        not_before=services.store.clock() + services.settings.hook_deadline_s):
                 queued += 1
+        leased, leased_all = [], False
+        if queued and lease_s > 0:
+            leased, leased_all = services.outbox.lease_pending(call_id, lease_owner(), services.store.clock() + lease_s)
     if plan.create is not None or found_by_linkedid:
         # Every later hook of the call (other legs inherit the variable) finds it by id.
         channel.set("__" + CALLID_VARIABLE, call_id)
     if not queued:
         return HookResult(stage, SKIPPED, call_id, plan.note or "nothing new for this call")
-    return HookResult(stage, QUEUED, call_id)
+    return HookResult(stage, QUEUED, call_id, leased=leased, leased_all=leased_all)
 
 
 def run_hook(request: AgiRequest, channel: AgiChannel, services: HookServices, deadline: Deadline) -> HookResult:
@@ -249,11 +256,11 @@ def run_hook(request: AgiRequest, channel: AgiChannel, services: HookServices, d
             result = HookResult(stage or "?", NOTFOUND, detail=f"unknown stage {stage!r}; known: {', '.join(sorted(HANDLERS))}")
         else:
             services.store.set_busy_timeout(max(0.05, deadline.remaining() - RESERVE_S))
-            result = apply_stage(services, channel, stage, args)
+            result = apply_stage(services, channel, stage, args, deadline.remaining() + LEASE_MARGIN_S)
             if result.status == QUEUED:
                 until = time.monotonic() + deadline.remaining() - RESERVE_S
-                if send_head_events(services.outbox, services.sender, result.call_id, until,
-                                    services.settings.deliver_max_backoff_s):
+                if send_leased_events(services.outbox, services.sender, result.leased, until,
+                                      services.settings.deliver_max_backoff_s) and result.leased_all:
                     result.status = SENT
     except DeadlineExceeded as exc:
         result.detail = f"deadline reached while {exc}"

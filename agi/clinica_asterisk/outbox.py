@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .store import Store
 
@@ -133,6 +133,32 @@ class Outbox:
                 return False
             conn.execute("UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id = ?", (owner, until, event.id))
         return True
+
+    def lease_pending(self, call_id: int, owner: str, until: float) -> Tuple[List[OutboxEvent], bool]:
+        """Lease the call's undelivered events, oldest first, up to the first one that
+        someone else holds; and whether that was all of them.  Call it inside a :meth:`Store.transaction` that has just
+        written the call's new events: the hook that wrote them takes them in the same
+        write, rather than in one more."""
+        now = self.store.clock()
+        pending = self.pending_of_call(call_id)
+        taken = []
+        for event in pending:
+            if not lease_is_free(event, now):
+                break  # a later event must not overtake it
+            taken.append(event)
+        if taken:
+            marks = ",".join("?" * len(taken))
+            self.conn.execute(f"UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})",
+                              (owner, until, *(e.id for e in taken)))
+        return [replace(e, lease_owner=owner, lease_until=until) for e in taken], len(taken) == len(pending)
+
+    def release(self, event_ids: Sequence[int], owner: str) -> None:
+        """Give back leases not used (the hook ran out of time, or an earlier event failed)."""
+        if event_ids:
+            marks = ",".join("?" * len(event_ids))
+            self.store.write(f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL"
+                             f" WHERE id IN ({marks}) AND lease_owner = ? AND delivered_at IS NULL",
+                             (*event_ids, owner))
 
     def mark_delivered(self, event_id: int) -> None:
         self.store.write(
