@@ -8,6 +8,7 @@ from asterisk.agi import AGIAppError, AGIInvalidCommand, AGIResultHangup, AGIUnk
 from fake_asterisk import FakeCall, RecordedSession, serve_session
 
 from clinica_asterisk.agi_reply import batch_expression, parse_reply, split_batch
+from clinica_asterisk import channel as channel_module
 from clinica_asterisk.asterisk_peer import substitute
 from clinica_asterisk.channel import AgiChannel, LineStream
 from clinica_asterisk.deadline import Deadline
@@ -116,9 +117,13 @@ def test_prefetch_reads_everything_in_one_command():
     assert values == ["0443334000", 'Dr "House", MD', ""]
 
 
-def test_without_csv_quote_the_values_are_read_one_by_one():
+def test_without_csv_quote_the_values_are_read_one_by_one(caplog, monkeypatch):
+    monkeypatch.setattr(channel_module, "_batch_refused", threading.Event())
     variables = {"FROM_DID": "0443334000", "${CALLERID(num)}": "0670219424"}
     commands, values = _prefetching(variables, ["FROM_DID", "${CALLERID(num)}"], no_csv_quote=True)
+    _prefetching(variables, ["FROM_DID", "${CALLERID(num)}"], no_csv_quote=True)
+    assert [r.getMessage()[:50] for r in caplog.records if r.levelname == "WARNING"] == \
+        ["Asterisk did not answer a CSV_QUOTE batch as expec"]  # once, not once per hook
     assert values == ["0443334000", "0670219424"]
     assert [c.split()[:3] for c in commands[1:]] == [["GET", "VARIABLE", '"FROM_DID"'],
                                                      ["GET", "FULL", "VARIABLE"]]

@@ -19,8 +19,10 @@ that every caller gets the same safe behaviour:
 
 from __future__ import annotations
 
+import logging
 import os
 import select
+import threading
 from typing import Dict, List, Optional, Sequence
 
 from asterisk.agi import AGI, AGIException
@@ -28,6 +30,10 @@ from asterisk.agi import AGI, AGIException
 from .agi_reply import Reply, as_expression, batch_expression, parse_reply, reply_code, split_batch
 from .agi_request import MAX_LINE_BYTES, AgiRequest, EnvBlockError, parse_env_block
 from .deadline import Deadline, DeadlineExceeded
+
+
+log = logging.getLogger("clinica_asterisk.channel")
+_batch_refused = threading.Event()
 
 
 class ChannelClosed(EOFError):
@@ -178,6 +184,10 @@ class AgiChannel(AGI):
             return
         if values is not None:
             self._values.update(zip(wanted, values))
+        elif not _batch_refused.is_set():
+            _batch_refused.set()  # once per process: every hook of this PBX would say it
+            log.warning("Asterisk did not answer a CSV_QUOTE batch as expected; reading channel "
+                        "variables one by one (is func_strings loaded? `module show like func_strings`)")
 
     def variable(self, name: str) -> str:
         """A channel variable; '' when unset."""
