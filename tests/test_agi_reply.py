@@ -127,3 +127,14 @@ def test_without_csv_quote_the_values_are_read_one_by_one(caplog, monkeypatch):
     assert values == ["0443334000", "0670219424"]
     assert [c.split()[:3] for c in commands[1:]] == [["GET", "VARIABLE", '"FROM_DID"'],
                                                      ["GET", "FULL", "VARIABLE"]]
+
+
+def test_every_stages_batch_fits_asterisks_agi_line():
+    """res_agi reads a command into a buffer of AGI_BUF_LEN (2048) bytes; a longer one
+    would be cut, and the hook would fall back to a round trip per value."""
+    from clinica_asterisk.channel import quote_argument
+    from clinica_asterisk.hooks import READS
+
+    for stage, names in READS.items():
+        line = "GET FULL VARIABLE " + quote_argument(batch_expression(names)) + "\n"
+        assert len(line.encode()) < 2048, stage
