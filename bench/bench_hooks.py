@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from clinica_asterisk.asterisk_peer import substitute
+
 BIN = os.path.dirname(sys.executable)
 SERVE = [os.path.join(BIN, "clinica-asterisk"), "serve", "--no-api", "--bind", "127.0.0.1:0"]
 SCRIPT = [os.path.join(BIN, "clinica-agi")]
@@ -218,7 +220,6 @@ class Calls:
 
 
 def answer(variables: Dict[str, Optional[str]], local: Dict[str, str], line: str) -> str:
-    from clinica_asterisk.asterisk_peer import substitute
 
     """What Asterisk answers (as :class:`asterisk_peer.AsteriskCall` does for these
     commands), at a cost nearer Asterisk's own: the load generator shares the cores."""
@@ -233,7 +234,8 @@ def answer(variables: Dict[str, Optional[str]], local: Dict[str, str], line: str
                 return variables[expression] or ""
             return local.get(expression[2:-1], variables.get(expression[2:-1])) or ""
 
-        return f"200 result=1 ({substitute(line[18:].strip(chr(34)), value_of)})"
+        expression = line[18:].strip('"')
+        return f"200 result=1 ({substitute(expression, value_of)})"
     if line.startswith("SET VARIABLE "):
         name, _, value = line[13:].partition('" "')
         local[name.strip('"').lstrip("_")] = value.rstrip('"')

@@ -175,7 +175,7 @@ class AgiChannel(AGI):
         """Read variables and expressions in one round trip, for :meth:`variable` and
         :meth:`expression` to answer from.  If Asterisk does not answer as expected,
         nothing is kept and they read one by one."""
-        wanted = list(dict.fromkeys(as_expression(n) for n in names if as_expression(n) not in self._values))
+        wanted = [e for e in dict.fromkeys(map(as_expression, names)) if e not in self._values]
         if len(wanted) < 2:
             return
         try:
