@@ -1,5 +1,5 @@
 """A stand-in for Asterisk's side of AGI, built from the sessions recorded on a real
-Asterisk 22 (``shared/fixtures``).
+Asterisk 22 (``tests/fixtures``).
 
 How Asterisk answers commands lives in the package (:mod:`clinica_asterisk.asterisk_peer`,
 which ``clinica-asterisk simulate`` uses too); this module loads the recordings and runs
@@ -9,7 +9,6 @@ scripts and socket pairs against it.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -27,9 +26,8 @@ from clinica_asterisk.asterisk_peer import (  # noqa: F401  (re-exported for the
     split_command,
 )
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # CI lays shared/ beside the clone, as here
-    FIXTURES = Path(os.environ.get("CLINICA_FIXTURES", "../shared/fixtures")).resolve()
+# The recordings live in the repository, so a bare clone runs the tests on its own.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 ASTERISK22 = FIXTURES / "asterisk22"
 FREEPBX = FIXTURES / "freepbx-shaped"
