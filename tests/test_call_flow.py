@@ -39,6 +39,11 @@ def test_extension_of_a_channel(channel, extension):
     ({}, {"dialstatus": "ANSWER", "cdr_billsec": "7"}, 7),      # answer hook missed
     ({}, {"dialstatus": "CANCEL", "cdr_billsec": "7"}, 0),
     ({}, {}, 0),
+    # An IVR answered the client 8 s before the employee: ANSWEREDTIME counts the IVR too.
+    ({"answered_at": 116.0, "pre_answered": 1}, {"answeredtime": "8"}, 4),
+    # Transferred: ANSWEREDTIME of the last Dial still counts from the first answer.
+    ({"answered_at": 100.0, "transfers": 1}, {"answeredtime": "20"}, 20),
+    ({"answered_at": 100.0}, {"answeredtime": "4x"}, 20),
 ])
 def test_talk_seconds(call, facts, seconds):
     assert talk_seconds(call, facts, now=120.0) == seconds
@@ -52,6 +57,10 @@ def test_talk_seconds(call, facts, seconds):
     ({}, {"dialstatus": "", "cdr_disposition": "FAILED"}, "CHANUNAVAIL"),
     ({}, {"dialstatus": "", "cdr_disposition": "NO ANSWER"}, "CANCEL"),
     ({}, {"dialstatus": "garbage", "cdr_disposition": "ANSWERED"}, "CANCEL"),
+    ({"answered_at": 1.0, "transfers": 2}, {"dialstatus": "ANSWER"}, "TRANSFER"),
+    ({}, {"dialstatus": "NOANSWER", "vmstatus": "SUCCESS"}, "VM"),
+    ({}, {"dialstatus": "NOANSWER", "vmstatus": "SUCCESS", "vm_message": "/var/spool/x/msg0000"}, "VM-SUCCESS"),
+    ({"answered_at": 1.0}, {"vmstatus": "SUCCESS", "vm_message": "/x"}, "ANSWER"),
 ])
 def test_disposition_in_binotel_words(call, facts, result):
     assert disposition(call, facts) == result
@@ -81,9 +90,9 @@ def test_dial_of_a_group_reports_the_group_and_keeps_the_member():
     assert plan.events == ("receivedTheCall",)
 
 
-def test_second_answer_keeps_the_first_member():
-    plan = plan_answer(incoming(answered_at=5.0, answered_by="801"), {"target": "802", "leg": "ext"}, FMT, 6.0)
-    assert plan.changes == {}
+def test_second_answer_by_the_same_member_changes_nothing():
+    plan = plan_answer(incoming(answered_at=5.0, answered_by="801"), {"target": "801", "leg": "ext"}, FMT, 6.0)
+    assert plan.changes == {} and plan.events == ("answeredTheCall",)
 
 
 def test_click_to_call_extension_leg_answer_is_not_the_client_answering():

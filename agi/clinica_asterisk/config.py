@@ -21,6 +21,7 @@ DEFAULTS: Dict[str, str] = {
     "CLINICA_CRM_PUSH_URL": "http://127.0.0.1:8580/api/Binotel/Push",
     "CLINICA_PUSH_FORMAT": "form",
     "CLINICA_COMPANY_ID": "",
+    "CLINICA_TRANSFER_PAIR": "yes",
     "CLINICA_HOOK_DEADLINE_MS": "2000",
     "CLINICA_DELIVER_TIMEOUT_MS": "10000",
     "CLINICA_DELIVER_MAX_BACKOFF_S": "300",
@@ -60,6 +61,9 @@ DEFAULTS: Dict[str, str] = {
     "CLINICA_ORIGINATE_CONTEXT": "from-internal",
     "CLINICA_ORIGINATE_CHANNEL_CONTEXT": "originate-skipvm",
     "CLINICA_ORIGINATE_TIMEOUT_S": "30",
+    # Calls that ended without a hang-up hook (reconcile.py)
+    "CLINICA_RECONCILE_S": "60",
+    "CLINICA_ONLINE_MAX_S": "14400",
 }
 
 # Never written to a log or shown by `doctor`.  (CLINICA_FREEPBX_DB holds a password only
@@ -77,6 +81,7 @@ class Settings:
     crm_push_url: str
     push_format: str
     company_id: str
+    transfer_pair: bool
     hook_deadline_s: float
     deliver_timeout_s: float
     deliver_max_backoff_s: float
@@ -110,6 +115,8 @@ class Settings:
     originate_context: str
     originate_channel_context: str
     originate_timeout_s: int
+    reconcile_s: int
+    online_max_s: int
     source: str = ""
 
     @property
@@ -263,6 +270,7 @@ def build_settings(values: Mapping[str, str], source: str = "") -> Settings:
         crm_push_url=_url(values, "CLINICA_CRM_PUSH_URL"),
         push_format=_choice(values, "CLINICA_PUSH_FORMAT", ("form", "json")),
         company_id=_digits(values, "CLINICA_COMPANY_ID", 1, 18, allow_empty=True),
+        transfer_pair=_choice(values, "CLINICA_TRANSFER_PAIR", ("yes", "no")) == "yes",
         hook_deadline_s=_int(values, "CLINICA_HOOK_DEADLINE_MS", 100, 30000) / 1000.0,
         deliver_timeout_s=_int(values, "CLINICA_DELIVER_TIMEOUT_MS", 100, 120000) / 1000.0,
         deliver_max_backoff_s=float(_int(values, "CLINICA_DELIVER_MAX_BACKOFF_S", 1, 86400)),
@@ -296,5 +304,7 @@ def build_settings(values: Mapping[str, str], source: str = "") -> Settings:
         originate_context=values["CLINICA_ORIGINATE_CONTEXT"].strip(),
         originate_channel_context=values["CLINICA_ORIGINATE_CHANNEL_CONTEXT"].strip(),
         originate_timeout_s=_int(values, "CLINICA_ORIGINATE_TIMEOUT_S", 5, 300),
+        reconcile_s=_int(values, "CLINICA_RECONCILE_S", 0, 86400),
+        online_max_s=_int(values, "CLINICA_ONLINE_MAX_S", 0, 30 * 86400),
         source=source,
     )

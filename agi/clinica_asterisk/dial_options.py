@@ -1,5 +1,7 @@
 """Dial options: putting our answer routine into FreePBX's Dial options.  Pure.
 
+FreePBX 16 puts ``M(auto-blkvm)`` there instead: ``M()`` runs before ``U()`` and stays.
+
 Dial runs a single ``U()`` routine on the answering channel; a second ``U()`` replaces the
 first.  FreePBX 17 already puts ``U(macro-auto-blkvm)`` (and sometimes ``U(macro-confirm^…)``)
 there for group, queue and follow-me calls, so ours takes its place and calls the displaced
@@ -8,10 +10,14 @@ routine itself first:  ``U(clinica-answer^<who>^<leg>^<displaced routine>^<its a
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 ANSWER_ROUTINE = "clinica-answer"
-LEGS = ("ext", "trunk")
+# The legs the routine is put on: one extension; a group's members (the routine names the
+# group, the answering channel the member); an attended transfer's consultation; whoever
+# the client's channel dials after an employee answered (a blind transfer); a trunk.
+EXT, GROUP, CONSULT, BLIND, TRUNK = "ext", "grp", "xfer", "bxfer", "trunk"
+LEGS = (EXT, GROUP, CONSULT, BLIND, TRUNK)
 
 
 def split_options(options: str) -> List[str]:
@@ -46,3 +52,26 @@ def with_answer_routine(options: str, who: str, leg: str) -> str:
     if displaced:
         routine += "^" + displaced[-1]
     return f"{kept}U({routine})"
+
+
+def split_dial_string(ds: str) -> Tuple[str, str, str]:
+    """FreePBX's ``ds`` (a ring group's whole Dial argument, as core's dialparties sets it):
+    ``IAX2/801/801&PJSIP/802,20,HhtrU(macro-auto-blkvm)`` -> (targets, timeout, options)."""
+    targets, _, rest = (ds or "").partition(",")
+    timeout, _, options = rest.partition(",")
+    return targets, timeout, options
+
+
+def dial_string_with_answer_routine(ds: str, who: str, leg: str) -> str:
+    """``ds`` with our ``U()`` in its options; unchanged when it has no options part to
+    hold it (no timeout field) or ``who``/``leg`` are not acceptable."""
+    targets, timeout, options = split_dial_string(ds)
+    if ds.count(",") < 1:
+        return ds
+    changed = with_answer_routine(options, who, leg)
+    return ds if changed == options else f"{targets},{timeout},{changed}"
+
+
+def dial_targets(ds: str) -> List[str]:
+    """The channels a ``ds`` dials: ``IAX2/801/801&PJSIP/802`` -> ['IAX2/801/801', 'PJSIP/802']."""
+    return [t for t in split_dial_string(ds)[0].split("&") if t.strip()]

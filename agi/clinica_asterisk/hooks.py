@@ -11,10 +11,11 @@ transaction, write the events to the outbox, try to send them within the deadlin
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from asterisk.agi import AGIException
 
@@ -23,9 +24,9 @@ from .agi_request import AgiRequest, EnvBlockError
 from .channel import AgiChannel, ChannelClosed
 from .config import Settings
 from .deadline import Deadline, DeadlineExceeded
-from .dial_options import with_answer_routine
+from .dial_options import dial_string_with_answer_routine, dial_targets, with_answer_routine
 from .delivery import LEASE_MARGIN_S, RESERVE_S, PushSender, send_leased_events
-from .events import build_payload
+from .events import build_payload, wanted_events
 from .outbox import Outbox, OutboxEvent, lease_owner
 from .phone import digits_of
 from .store import Store, StoreError
@@ -34,6 +35,7 @@ log = logging.getLogger("clinica_asterisk.hook")
 
 SENT, QUEUED, SKIPPED, FAILED, NOTFOUND = "SENT", "QUEUED", "SKIPPED", "FAILED", "NOTFOUND"
 CALLID_VARIABLE = "CLINICA_CALLID"
+HANGUP_HANDLER = "clinica-hangup"  # the dialplan's hangup handler context
 STATUS_VARIABLE = "CLINICA_STATUS"
 
 FactReader = Callable[[AgiChannel, Sequence[str]], Dict[str, str]]
@@ -83,52 +85,102 @@ def ring_in(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     }
 
 
-def _install_answer_routine(channel: AgiChannel, variable: str, who: str, leg: str) -> None:
-    """Make Dial run our answer routine (chaining FreePBX's own) on the answering channel."""
-    options = channel.variable(variable)
-    changed = with_answer_routine(options, who, leg)
+# What rings, as the dialplan's predial hooks say: one extension (macro-dial-one), or a
+# ring group's members at once or one by one (macro-dial: ${ds}, FreePBX core's dialparties).
+ONE, GROUP_DIAL = "one", "group"
+
+
+@handler("dial", reads=("DEXTEN", "D_OPTIONS", "NODEST", "ds", "HuntMember", "TRANSFERERNAME", "${CHANNEL(state)}"))
+def dial(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
+    """AGI(clinica-agi,dial,<extension or group>,<one|group>) before an extension, ring
+    group or queue rings (FreePBX's predial hooks).  The plan says which answer routine
+    goes into the options of the Dial about to run: D_OPTIONS for one extension, ${ds}
+    (the whole Dial argument) for a group."""
+    member = call_flow.as_extension(_arg(args, 0))
+    kind = _arg(args, 1) or (ONE if channel.variable("DEXTEN") else "")
+    facts = {"target": member, "group": channel.variable("NODEST"),
+             # An attended transfer dials its target from a channel naming the transferer.
+             "transferer": channel.variable("TRANSFERERNAME"),
+             "caller_state": channel.expression("${CHANNEL(state)}")}
+    if member and kind == ONE:
+        facts.update(options_variable="D_OPTIONS", options=channel.variable("D_OPTIONS"))
+    elif member and kind == GROUP_DIAL:
+        ds = channel.variable("ds")
+        facts.update(options_variable="ds", options=ds)
+        # A hunt group dials one member at a time: ${${HuntMember}} names it.
+        hunt = channel.variable("HuntMember")
+        facts["members"] = "&".join([*dial_targets(ds), channel.variable(hunt) if hunt else ""])
+    return facts
+
+
+def _install_planned_answer_routine(channel: AgiChannel, facts: Mapping[str, str], leg: str) -> None:
+    """Put the answer routine with the plan's leg into the Dial options the dial hook read."""
+    variable, options, who = facts.get("options_variable"), facts.get("options", ""), facts.get("target", "")
+    if variable == "ds":
+        changed = dial_string_with_answer_routine(options, who, leg)
+    elif variable:
+        changed = with_answer_routine(options, who, leg)
+    else:
+        return
     if changed != options:
         channel.set(variable, changed)
 
 
-@handler("dial", reads=("DEXTEN", "D_OPTIONS", "NODEST"))
-def dial(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,dial,<extension>) before an extension, ring group or queue rings
-    (FreePBX's predial hooks; D_OPTIONS are the Dial options of one extension)."""
-    member = call_flow.as_extension(_arg(args, 0))
-    if member and channel.variable("DEXTEN"):
-        _install_answer_routine(channel, "D_OPTIONS", member, "ext")
-    return {"target": member, "group": channel.variable("NODEST")}
-
-
-@handler("ring-out", reads=("DIAL_NUMBER", "DIAL_TRUNK_OPTIONS", *LINKEDID_KEYS, "CHANNEL"))
+@handler("ring-out", reads=("DIAL_NUMBER", "DIAL_TRUNK_OPTIONS", *LINKEDID_KEYS, "CHANNEL",
+                             "${CHANNEL(state)}", "TRANSFERERNAME"))
 def ring_out(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
     """AGI(clinica-agi,ring-out,<AMPUSER>,<number>,<trunk>) before a trunk is dialled."""
     number = _arg(args, 1) or channel.variable("DIAL_NUMBER")
-    _install_answer_routine(channel, "DIAL_TRUNK_OPTIONS", digits_of(number).lstrip("+"), "trunk")
     return {
+        "target": digits_of(number).lstrip("+"),
+        "options_variable": "DIAL_TRUNK_OPTIONS",
+        "options": channel.variable("DIAL_TRUNK_OPTIONS"),
+        "transferer": channel.variable("TRANSFERERNAME"),
         "linkedid": _linkedid(channel),
         # AMPUSER from the dialplan; else the calling device (click-to-call has no AMPUSER).
         # Not CALLERID(num): FreePBX has already set the trunk's outbound caller id.
         "caller_extension": _arg(args, 0) or call_flow.extension_of_channel(channel.variable("CHANNEL")),
         "number": number,
         "trunk": _arg(args, 2),
+        # Up for a click-to-call: its extension answered before the client was dialled.
+        "caller_state": channel.expression("${CHANNEL(state)}"),
     }
 
 
-@handler("answer", reads=("DIALEDPEERNUMBER",))
+@handler("answer", reads=("DIALEDPEERNUMBER", "CHANNEL"))
 def answer(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,answer,<extension or number>,<ext|trunk>) from Dial's U()."""
-    facts = {"target": _arg(args, 0), "leg": _arg(args, 1)}
+    """AGI(clinica-agi,answer,<extension, group or number>,<leg>) from Dial's U(), on the
+    answering channel."""
+    facts = {"target": _arg(args, 0), "leg": _arg(args, 1), "channel": channel.variable("CHANNEL")}
     if not call_flow.as_extension(facts["target"]):
         facts["dialed_peer"] = channel.variable("DIALEDPEERNUMBER")
     return facts
 
 
+# A channel name as Asterisk makes them (Local/805@from-internal-0000001a;2): nothing that
+# could end the IMPORT() it is read through.
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9/@;._+#:-]{0,127}")
+
+
+@handler("transfer")
+def transfer(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
+    """AGI(clinica-agi,transfer,<consultation channel>) from the hangup handler of an
+    answered leg whose employee started an attended transfer: hanging up completes it.
+    (A hangup handler's channel is dead: CHANNEL STATUS is refused there, IMPORT() is not.)"""
+    consult = _arg(args, 0)
+    state = ""
+    if _CHANNEL_NAME.fullmatch(consult):
+        state = channel.expression(f"${{IMPORT({consult},CHANNEL(state))}}").strip().lower()
+    return {"consult": (call_flow.CONSULT_GONE if not state
+                        else call_flow.CONSULT_UP if state == "up" else call_flow.CONSULT_RINGING),
+            "consult_channel": consult}
+
+
 @handler("hangup", reads=("DIALSTATUS", "ANSWEREDTIME", "${CDR(billsec)}", "${CDR(disposition)}",
-                          "${CDR(recordingfile)}", *FALLBACK_KEYS))
+                          "${CDR(recordingfile)}", "VMSTATUS", "VM_MESSAGEFILE", *FALLBACK_KEYS))
 def hangup(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,hangup,<in|out>) from the hangup handler of the entering channel."""
+    """AGI(clinica-agi,hangup,<in|out|c2c>) from the hangup handler of the entering channel
+    (c2c: of a click-to-call's extension leg)."""
     return {
         "direction": _arg(args, 0),
         "dialstatus": channel.variable("DIALSTATUS"),
@@ -136,6 +188,8 @@ def hangup(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
         "cdr_billsec": channel.expression("${CDR(billsec)}"),
         "cdr_disposition": channel.expression("${CDR(disposition)}"),
         "recording": channel.expression("${CDR(recordingfile)}"),
+        "vmstatus": channel.variable("VMSTATUS"),
+        "vm_message": channel.variable("VM_MESSAGEFILE"),
     }
 
 
@@ -229,11 +283,10 @@ def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: S
             return HookResult(stage, SKIPPED, detail=plan.note)
         after = services.store.call(call_id)
         queued = 0
-        for request_type in plan.events:
-            # One event of each type per call: the outbox ignores a second one.  The hook
+        for key in wanted_events(plan.events, services.settings.transfer_pair):
+            # One event per key and call: the outbox ignores a second one.  The hook
             # sends it itself right after; the worker takes over only if it could not.
-            if services.outbox.enqueue(call_id, request_type,
-                                       build_payload(request_type, after, services.settings.company_id),
+            if services.outbox.enqueue(call_id, key, build_payload(key, after, services.settings.company_id),
                                        not_before=services.store.clock() + services.settings.hook_deadline_s):
                 queued += 1
         leased, leased_all = [], False
@@ -242,6 +295,10 @@ def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: S
     if plan.create is not None or found_by_linkedid:
         # Every later hook of the call (other legs inherit the variable) finds it by id.
         channel.set("__" + CALLID_VARIABLE, call_id)
+    if plan.answer_leg:
+        _install_planned_answer_routine(channel, facts, plan.answer_leg)
+    if plan.arm_hangup:
+        channel.set("CHANNEL(hangup_handler_push)", f"{HANGUP_HANDLER},s,1({plan.arm_hangup})")
     if not queued:
         return HookResult(stage, SKIPPED, call_id, plan.note or "nothing new for this call")
     return HookResult(stage, QUEUED, call_id, leased=leased, leased_all=leased_all)

@@ -7,7 +7,9 @@ transaction across a crash or SIGKILL of any process (it can lose the last ones 
 power failure of the host).
 
 Tables: ``calls`` (the facts of each call, read by the API) and ``outbox`` (push events
-not yet delivered, see :mod:`outbox`).
+not yet delivered, see :mod:`outbox`).  The schema is versioned (``PRAGMA user_version``):
+:data:`SCHEMA` is version 1, each entry of :data:`MIGRATIONS` takes it one version further,
+and opening a store brings it to :data:`SCHEMA_VERSION` under the write lock.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
-SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -64,10 +65,27 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (call_id, id) WHERE delivered_at IS NULL;
 """
 
+# MIGRATIONS[n] takes a store of version n + 1 to version n + 2.
+MIGRATIONS = (
+    # 2: transfers.  transferred_to: the employee who has the client after the last
+    # transfer; transfers: how many there were; pending_transfer: an attended transfer's
+    # target that answered the consultation (or "-" once the transferer left first);
+    # pre_answered: the PBX answered the client before any employee did (an IVR, an
+    # announcement, a queue), so Dial's ANSWEREDTIME counts too much.
+    """
+    ALTER TABLE calls ADD COLUMN transferred_to TEXT NOT NULL DEFAULT '';
+    ALTER TABLE calls ADD COLUMN transfers INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN pending_transfer TEXT NOT NULL DEFAULT '';
+    ALTER TABLE calls ADD COLUMN pre_answered INTEGER NOT NULL DEFAULT 0;
+    """,
+)
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
 CALL_FIELDS = (
     "pbx", "linkedid", "direction", "origin", "started_at", "src_number", "external_number",
     "did", "internal_number", "dst_numbers", "answered_by", "answered_at", "ended_at",
-    "billsec", "disposition", "recording_file", "trunk",
+    "billsec", "disposition", "recording_file", "trunk", "transferred_to", "transfers",
+    "pending_transfer", "pre_answered",
 )
 
 
@@ -91,18 +109,31 @@ def connect(path: str, busy_timeout_s: float = 2.0) -> sqlite3.Connection:
     return conn
 
 
+def _statements(script: str):
+    return [statement for statement in script.split(";") if statement.strip()]
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables once, also when several hooks open a new store at the same moment."""
+    """Create the tables or bring them to :data:`SCHEMA_VERSION`, once, also when several
+    hooks open the store at the same moment."""
     try:
         conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.OperationalError:
         pass  # another connection holds the database: it is setting WAL itself (it persists)
     conn.execute("BEGIN IMMEDIATE")  # waits (busy timeout) for the one creating it
     try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            for statement in filter(str.strip, SCHEMA.split(";")):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"the store has schema version {version}, newer than this "
+                                        f"program's {SCHEMA_VERSION}: upgrade clinica-asterisk")
+        if version == 0:
+            for statement in _statements(SCHEMA):
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            version = 1
+        for migration in MIGRATIONS[version - 1:]:
+            for statement in _statements(migration):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -260,6 +291,20 @@ class Store:
     def call_by_linkedid(self, pbx: str, linkedid: str) -> Optional[Dict[str, Any]]:
         row = self.conn.execute("SELECT * FROM calls WHERE pbx = ? AND linkedid = ?", (pbx, linkedid)).fetchone()
         return call_from_row(row)
+
+    def open_calls(self, pbx: Optional[str] = None, from_id: int = 0) -> List[Dict[str, Any]]:
+        """Calls not ended (ONLINE to the API), oldest first: those of ``pbx`` (None: of
+        every PBX) with an id of at least ``from_id`` (a range of the primary key, so a
+        caller that knows where the open calls start does not scan the whole table)."""
+        rows = self.conn.execute(
+            "SELECT * FROM calls WHERE id >= ? AND ended_at IS NULL AND (? IS NULL OR pbx = ?) ORDER BY id",
+            (from_id, pbx, pbx)).fetchall()
+        return [call_from_row(row) for row in rows]
+
+    def highest_call_id(self) -> int:
+        """The largest id given so far (0 for an empty store); ids only grow."""
+        (highest,) = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM calls").fetchone()
+        return highest
 
 
 def call_from_row(row: Optional[sqlite3.Row]) -> Optional[Dict[str, Any]]:

@@ -84,10 +84,11 @@ def _seconds(later: Optional[float], earlier: Optional[float]) -> int:
 
 
 def employee_extension(call: Mapping[str, Any]) -> str:
-    """The extension whose employee the call belongs to: who answered an incoming call,
-    else the extension or group it rang; the caller of an outgoing call."""
+    """The extension whose employee the call belongs to: who has (or last had) the client
+    of an answered incoming call (after transfers: the last one's target), else the
+    extension or group it rang; the caller of an outgoing call."""
     if call["direction"] == "in" and call.get("answered_at"):
-        return call.get("answered_by") or call.get("internal_number") or ""
+        return call.get("transferred_to") or call.get("answered_by") or call.get("internal_number") or ""
     return call.get("internal_number") or ""
 
 
