@@ -33,8 +33,9 @@ Options:
                    is DIR/venv); an upgrade or --uninstall finds it by itself
   --root DIR       install into DIR laid out like / (tests, packaging): every path
                    touched is under DIR; services are enabled, not started
-  --ami            create the AMI user "clinica" for click-to-call (random secret,
-                   written to the configuration file)
+  --ami            create the AMI user "clinica" for click-to-call and for closing the
+                   calls Asterisk no longer has (random secret, written to the
+                   configuration file; run again to update an older user's rights)
   --pbx ADDRESS    vm mode: the PBX's address, the only one allowed to connect
   --use-venv DIR   use an existing virtualenv that already has clinica-asterisk
                    instead of creating one (packaging, tests)
@@ -711,7 +712,7 @@ secret=$secret
 deny=0.0.0.0/0.0.0.0
 permit=127.0.0.1/255.255.255.255
 read=call
-write=originate"
+write=originate,reporting"
     [ "$FILE_CHANGED" = 0 ] || AMI_RELOAD=1
     state_set ami 1
     env_set CLINICA_AMI_USER clinica
@@ -752,7 +753,7 @@ asterisk -rx "manager reload" there:
   deny=0.0.0.0/0.0.0.0
   permit=$address/255.255.255.255
   read=call
-  write=originate
+  write=originate,reporting
 EOF
         [ -n "$PBX" ] || say "and set CLINICA_AMI_HOST in $ENV_FILE to the PBX's address."
     fi

@@ -6,14 +6,24 @@ It speaks the protocol as Asterisk does: the ``Asterisk Call Manager/…`` banne
 
 * ``accept``: Login succeeds (and ``FullyBooted`` follows, as on a real PBX); Originate is
   answered ``Response: Success`` / ``Originate successfully queued``, then the
-  ``OriginateResponse`` event arrives; Logoff says goodbye and closes.
-* ``refuse``: as ``accept``, but the Originate is answered ``Response: Error``.
+  ``OriginateResponse`` event arrives; CoreShowChannels is answered as Asterisk 22 does:
+  ``Channels will follow``, one ``CoreShowChannel`` event per entry of :attr:`channels`,
+  then ``CoreShowChannelsComplete`` with ``ListItems``; Logoff says goodbye and closes.
+* ``refuse``: as ``accept``, but the Originate and CoreShowChannels are answered
+  ``Response: Error`` with ``refusal``.
 * ``bad-login``: Login is answered ``Authentication failed`` and the connection closed.
 * ``silent``: accepts the connection and never says anything, not even the banner.
-* ``mute-after-login``: greets and logs in, then never answers the Originate.
-* ``close-after-login``: greets and logs in, then hangs up on the Originate.
+* ``mute-after-login``: greets and logs in, then never answers the Originate or
+  CoreShowChannels.
+* ``close-after-login``: greets and logs in, then hangs up on the Originate or
+  CoreShowChannels.
+* ``stall-list``: as ``accept``, but the channel list stops before its last channel and
+  ``CoreShowChannelsComplete``; the connection stays open.
+* ``cut-list``: as ``stall-list``, but the connection is closed there.
 
 Every action received is kept, headers in the order sent, in :attr:`actions`.
+:attr:`channels` (a test may change it between sessions) holds the live channels as
+``(channel, uniqueid, linkedid)``.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ class FakeAmi:
         self.secret = secret
         self.refusal = refusal
         self.actions: List[Headers] = []
+        self.channels: List[Tuple[str, str, str]] = []
         self.connections = 0
         self.lock = threading.Lock()
         self._listener = socket.socket()
@@ -76,6 +87,10 @@ class FakeAmi:
     def originates(self) -> List[Headers]:
         with self.lock:
             return [a for a in self.actions if header(a, "Action") == "Originate"]
+
+    def listings(self) -> List[Headers]:
+        with self.lock:
+            return [a for a in self.actions if header(a, "Action") == "CoreShowChannels"]
 
     # --- serving ------------------------------------------------------------------------
 
@@ -140,7 +155,7 @@ class FakeAmi:
             conn.sendall(_message(("Event", "FullyBooted"), ("Privilege", "system,all"),
                                   ("Uptime", "4242"), ("Status", "Fully Booted")))
             return True
-        if name == "Originate":
+        if name in ("Originate", "CoreShowChannels"):
             if self.behaviour == "mute-after-login":
                 return True
             if self.behaviour == "close-after-login":
@@ -148,6 +163,9 @@ class FakeAmi:
             if self.behaviour == "refuse":
                 conn.sendall(_message(("Response", "Error"), ("ActionID", action_id), ("Message", self.refusal)))
                 return True
+        if name == "CoreShowChannels":
+            return self._list_channels(conn, action_id)
+        if name == "Originate":
             conn.sendall(_message(("Response", "Success"), ("ActionID", action_id),
                                   ("Message", "Originate successfully queued")))
             conn.sendall(_message(
@@ -163,3 +181,26 @@ class FakeAmi:
             return False
         conn.sendall(_message(("Response", "Error"), ("ActionID", action_id), ("Message", "Invalid/unknown command")))
         return True
+
+    def _list_channels(self, conn: socket.socket, action_id: str) -> bool:
+        with self.lock:
+            channels = list(self.channels)
+        conn.sendall(_message(("Response", "Success"), ("ActionID", action_id), ("EventList", "start"),
+                              ("Message", "Channels will follow")))
+        cut = self.behaviour in ("stall-list", "cut-list")
+        if cut:
+            channels = channels[:-1]
+        for name, uniqueid, linkedid in channels:
+            conn.sendall(_message(
+                ("Event", "CoreShowChannel"), ("ActionID", action_id), ("Channel", name),
+                ("ChannelState", "6"), ("ChannelStateDesc", "Up"), ("CallerIDNum", "801"),
+                ("CallerIDName", "<unknown>"), ("ConnectedLineNum", "0670219424"),
+                ("ConnectedLineName", "<unknown>"), ("Language", "en"), ("AccountCode", ""),
+                ("Context", "macro-dial-one"), ("Exten", "s"), ("Priority", "52"), ("Uniqueid", uniqueid),
+                ("Linkedid", linkedid), ("BridgeId", ""), ("Application", "Dial"),
+                ("ApplicationData", "PJSIP/801/sip:801@10.0.0.5:5060,,HhtrIb(func-apply-sipheaders^s^1)"),
+                ("Duration", "00:00:42")))
+        if not cut:
+            conn.sendall(_message(("Event", "CoreShowChannelsComplete"), ("ActionID", action_id),
+                                  ("EventList", "Complete"), ("ListItems", str(len(channels)))))
+        return self.behaviour != "cut-list"

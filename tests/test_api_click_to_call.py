@@ -9,6 +9,7 @@ from helpers import our_args, run_over_socket
 
 from clinica_asterisk.api.ami import AmiClient
 from clinica_asterisk.api.app import build_context, create_app
+from clinica_asterisk.api.click_to_call import channel_id
 from clinica_asterisk.api.errors import Code
 from clinica_asterisk.delivery import PushSender
 from clinica_asterisk.hooks import HookServices
@@ -60,15 +61,42 @@ def test_the_originate_sent_is_exactly_freepbx_s_click_to_call_carrying_the_call
         ("CallerID", '"0639798793" <902>'),
         ("Timeout", "30000"),
         ("Variable", f"__CLINICA_CALLID={call_id}"),
+        ("ChannelId", f"clinica-pbx1-{call_id}"),
     ]
     assert header(originate, "ActionID")
     assert header(logoff, "Action") == "Logoff"
 
+    # The first channel's uniqueid, so the linkedid of every channel of the call: stored
+    # with the call before the Originate left, for the reconciler to look for.
     stored = Store(settings.db_path).call(call_id)
-    assert {k: stored[k] for k in ("pbx", "direction", "origin", "started_at", "internal_number",
+    assert {k: stored[k] for k in ("pbx", "linkedid", "direction", "origin", "started_at", "internal_number",
                                    "external_number", "src_number", "ended_at")} == {
-        "pbx": "pbx1", "direction": "out", "origin": "api", "started_at": NOW, "internal_number": "902",
-        "external_number": "0639798793", "src_number": "0639798793", "ended_at": None}
+        "pbx": "pbx1", "linkedid": f"clinica-pbx1-{call_id}", "direction": "out", "origin": "api",
+        "started_at": NOW, "internal_number": "902", "external_number": "0639798793",
+        "src_number": "0639798793", "ended_at": None}
+
+
+@pytest.mark.parametrize("pbx, expected", [
+    ("pbx1", "clinica-pbx1-1795715147000"),
+    ("freepbx.clinic.example", "clinica-freepbx.clinic.example-1795715147000"),
+    ("10.0.0.5", "clinica-10.0.0.5-1795715147000"),
+    ("pbx;2,evil|name with spaces/@", "clinica-pbx-2-evil-name-with-spaces-1795715147000"),
+    ("кліника", "clinica-pbx-1795715147000"),
+    ("", "clinica-pbx-1795715147000"),
+    ("x" * 300, f"clinica-{'x' * 40}-1795715147000"),
+])
+def test_the_channel_id_is_unique_per_call_and_of_characters_asterisk_keeps(pbx, expected):
+    assert channel_id(pbx, 1795715147000) == expected
+    assert len(channel_id(pbx, 2 ** 63 - 1)) <= 127
+
+
+def test_two_click_to_calls_get_two_linkedids(tmp_path, ami):
+    settings, client = client_for(tmp_path, ami.port)
+    ids = [int(ext_to_phone(client)[1]["generalCallID"]) for _ in range(2)]
+    sent = [header(o, "ChannelId") for o in ami.originates()]
+    store = Store(settings.db_path)
+    assert sent == [store.call(i)["linkedid"] for i in ids] == [f"clinica-pbx1-{i}" for i in ids]
+    assert ids[0] != ids[1]
 
 
 def test_contexts_ring_time_and_number_format_come_from_settings(tmp_path, ami):

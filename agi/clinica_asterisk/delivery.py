@@ -319,11 +319,16 @@ def deliver_pass(outbox: Outbox, sender: PushSender, timeout_s: float, max_backo
 
 
 def deliver_forever(outbox: Outbox, sender: PushSender, timeout_s: float, max_backoff_s: float,
-                    stop: threading.Event, poll_s: float = 1.0) -> None:
-    """The worker: a pass, then sleep until the next event is due (at most ``poll_s``)."""
+                    stop: threading.Event, poll_s: float = 1.0, reconciler=None) -> None:
+    """The worker: a pass, then sleep until the next event is due (at most ``poll_s``).
+
+    ``reconciler`` (a :class:`~clinica_asterisk.reconcile.Reconciler`): its ``tick()`` runs
+    before each pass, so the events of the calls it closes go out in the same turn."""
     last_purge = 0.0
     while not stop.is_set():
         try:
+            if reconciler is not None:
+                reconciler.tick()
             deliver_pass(outbox, sender, timeout_s, max_backoff_s, due_only=True, stop=stop)
             if time.monotonic() - last_purge > 3600:
                 outbox.purge_delivered()

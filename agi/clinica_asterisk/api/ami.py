@@ -6,25 +6,33 @@ the TCP connect, the greeting, and each action's response (Login, Originate, Log
 each come within ``timeout_s``, else the session is cut and :class:`AmiTimeout` raised.
 
 One short session per click-to-call (connect, login, one action, logoff): nothing to keep
-alive, nothing to reconnect, and a stuck Asterisk costs one request its time limit.
+alive, nothing to reconnect, and a stuck Asterisk costs one request its time limit.  The
+same for an action that answers with a list of events (``CoreShowChannels``, see
+:mod:`clinica_asterisk.reconcile`): the whole list, up to its ``…Complete`` event, must
+come within ``timeout_s`` of the response.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import queue
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from asterisk.manager import Manager, ManagerAuthException, ManagerException, ManagerSocketException
+
+from ..config import Settings
 
 log = logging.getLogger("clinica_asterisk.api.ami")
 
 HeaderValue = Union[str, List[str]]
 _POLL_S = 0.05
+_ACTION_IDS = itertools.count(1)
 
 
 class AmiError(Exception):
@@ -179,12 +187,27 @@ class AmiClient:
 
     def send(self, action: Dict[str, HeaderValue]) -> Dict[str, str]:
         """Log in, send one action, log off.  The response's headers on success."""
+        return self._session(action, None)[0]
+
+    def collect(self, action: Dict[str, HeaderValue], complete_event: str) -> List[Dict[str, str]]:
+        """Log in, send one action that Asterisk answers with a list of events, log off.
+        The events of the list, in the order they came, up to and with ``complete_event``."""
+        action = dict(action)
+        action.setdefault("ActionID", f"clinica-{os.getpid()}-{next(_ACTION_IDS)}")
+        return self._session(action, complete_event)[1]
+
+    def _session(self, action: Dict[str, HeaderValue],
+                 complete_event: Optional[str]) -> Tuple[Dict[str, str], List[Dict[str, str]]]:
         for name, value in action.items():
             for item in value if isinstance(value, list) else [value]:
                 # The last guard against header injection; callers validate first.
                 if any(ch in str(item) for ch in "\r\n\0"):
                     raise ValueError(f"AMI header {name} holds a line break")
         manager = self.manager_factory(self.timeout_s)
+        events: List[Dict[str, str]] = []
+        complete = threading.Event()
+        if complete_event is not None:
+            manager.register_event("*", _list_collector(str(action["ActionID"]), complete_event, events, complete))
         what, sent = "connecting", False
         try:
             manager.connect(self.host, self.port)
@@ -192,6 +215,10 @@ class AmiClient:
             manager.login(self.user, self.secret)
             what, sent = f"waiting for the {action.get('Action', 'action')} response", True
             response = manager.send_action(dict(action))
+            headers = dict(response.headers)
+            if complete_event is not None and headers.get("Response") == "Success":
+                what = f"waiting for the {action.get('Action')} list"
+                _wait_for_list(manager, complete, self.timeout_s)
         except ManagerAuthException:
             raise AmiLoginFailed("the manager refused the login") from None
         except ManagerException:
@@ -202,10 +229,48 @@ class AmiClient:
             raise AmiUnreachable(f"the manager closed the connection while {what}", sent) from None
         finally:
             manager.close()
-        headers = dict(response.headers)
         if headers.get("Response") != "Success":
             raise AmiRefused(_printable(headers.get("Message", "")) or "no reason given")
-        return headers
+        return headers, list(events)
+
+
+def ami_client(settings: Settings) -> Optional[AmiClient]:
+    """The manager as configured; None when no AMI user is (click-to-call and the
+    reconciler's look at the live channels are then off)."""
+    if not settings.ami_user:
+        return None
+    return AmiClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret,
+                     settings.ami_timeout_s)
+
+
+def _list_collector(action_id: str, complete_event: str, events: List[Dict[str, str]],
+                    complete: threading.Event):
+    """A pyst2 event callback keeping the events of one list action (its ActionID)."""
+
+    def collect(event, manager) -> None:
+        if complete.is_set() or event.headers.get("ActionID") != action_id:
+            return  # an unrelated event (the session may also get the user's read= events)
+        events.append({k: v for k, v in event.headers.items() if isinstance(v, str)})
+        if event.name == complete_event:
+            complete.set()
+
+    return collect
+
+
+def _wait_for_list(manager: TimedManager, complete: threading.Event, timeout_s: float) -> None:
+    """Until the list's last event has been handled, at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not complete.wait(max(0.0, min(_POLL_S, deadline - time.monotonic()))):
+        if not manager._connected.is_set():
+            # Asterisk hung up: the events it sent before are still being handed over.
+            manager.event_dispatch_thread.join(max(0.0, deadline - time.monotonic()))
+            if complete.is_set():
+                return
+            raise ManagerSocketException(0, "connection closed in the middle of a list")
+        if time.monotonic() >= deadline:
+            manager.timed_out = True
+            manager.abort()
+            raise ManagerException("the list did not end in time")
 
 
 def _printable(text: str, limit: int = 120) -> str:

@@ -24,7 +24,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 from ..config import Settings
 from ..store import StoreError
 from . import call_details, click_to_call, recordings
-from .ami import AmiClient
+from .ami import AmiClient, ami_client
 from .auth import answer_secret, authenticate, parse_body
 from .directory import Directory
 from .errors import ApiError, Code
@@ -121,9 +121,8 @@ METHODS = {
 
 def build_context(settings: Settings, clock: Callable[[], float] = time.time,
                   ami: Optional[AmiClient] = None, freepbx: Optional[FreePbxSource] = None) -> ApiContext:
-    if ami is None and settings.ami_user:
-        ami = AmiClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret,
-                        settings.ami_timeout_s)
+    if ami is None:
+        ami = ami_client(settings)
     return ApiContext(
         settings=settings,
         stores=StorePerThread(settings.db_path),

@@ -9,7 +9,10 @@ has been read, else in the directory file when there is one (else it is not chec
 The call is stored first (origin ``api``), so its id exists before Asterisk runs any hook;
 the Originate hands the id to the new channels as the inherited variable
 ``__CLINICA_CALLID``, which every hook reads first: the pushes of this call carry the
-``generalCallID`` this method answers.
+``generalCallID`` this method answers.  It also names the first channel (``ChannelId``,
+:func:`channel_id`): that uniqueid is the linkedid of every channel of the call, stored
+with it, so :mod:`clinica_asterisk.reconcile` can tell whether Asterisk still has the call
+even when no hook ever ran for it (an extension that never answered).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ log = logging.getLogger("clinica_asterisk.api.click_to_call")
 EXTENSION = re.compile(r"[0-9]{2,6}")
 PHONE = re.compile(r"\+?[0-9]{3,15}")
 RING_SECONDS = (5, 300)  # accepted range of callTimeToExt
+# What a uniqueid we give Asterisk may hold: no ';' (Local channels add ';2'), no ',' or '|'
+# (dialplan argument separators), nothing a header or a log line could trip on.
+_NOT_IN_CHANNEL_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def _digits(params: Mapping[str, Any], name: str, pattern: "re.Pattern[str]", allow_int: bool) -> str:
@@ -71,7 +77,17 @@ def parse_request(params: Mapping[str, Any], default_ring_s: int) -> Tuple[str, 
     return ext, phone, ring_s
 
 
-def originate_action(settings: Settings, ext: str, phone: str, call_id: int, ring_s: int) -> Dict[str, Union[str, List[str]]]:
+def channel_id(pbx: str, call_id: int) -> str:
+    """The uniqueid of the click-to-call's first channel, hence the linkedid of all its
+    channels (the ``;2`` half of the Local channel gets ``<id>;2``): unique per call, of
+    characters Asterisk keeps as they are, 8 + 40 + 1 + 19 characters at most (Asterisk
+    allows 149 less the ``;2``)."""
+    pbx_part = _NOT_IN_CHANNEL_ID.sub("-", pbx).strip("-")[:40] or "pbx"
+    return f"clinica-{pbx_part}-{call_id}"
+
+
+def originate_action(settings: Settings, ext: str, phone: str, call_id: int, ring_s: int,
+                     linkedid: str) -> Dict[str, Union[str, List[str]]]:
     """The AMI action, exactly as sent (pyst2 adds the ActionID)."""
     return {
         "Action": "Originate",
@@ -85,6 +101,7 @@ def originate_action(settings: Settings, ext: str, phone: str, call_id: int, rin
         "CallerID": f'"{phone}" <{ext}>',
         "Timeout": str(ring_s * 1000),
         "Variable": [f"__{CALLID_VARIABLE}={call_id}"],
+        "ChannelId": linkedid,
     }
 
 
@@ -102,8 +119,12 @@ def click_to_call(params: Mapping[str, Any], settings: Settings, store: Store, d
     fmt = NumberFormat(settings.number_format, settings.country_code, settings.trunk_prefix)
     try:
         with store.transaction():
-            call_id = store.insert_call({
+            call_id = store.new_call_id()
+            linkedid = channel_id(pbx, call_id)
+            store.insert_call({
+                "id": call_id,
                 "pbx": pbx,
+                "linkedid": linkedid,
                 "direction": "out",
                 "origin": "api",
                 "started_at": now(),
@@ -117,7 +138,7 @@ def click_to_call(params: Mapping[str, Any], settings: Settings, store: Store, d
         raise ApiError(Code.STORE_UNAVAILABLE, "the call store is unavailable") from None
 
     try:
-        ami.send(originate_action(settings, ext, phone, call_id, ring_s))
+        ami.send(originate_action(settings, ext, phone, call_id, ring_s, linkedid))
     except AmiError as exc:
         log.warning("click-to-call call=%s ext=%s failed: %s", call_id, ext, exc)
         if not exc.action_sent:

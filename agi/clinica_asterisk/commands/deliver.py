@@ -1,7 +1,8 @@
 """Send the push events waiting in the outbox, oldest first and in order per call.
 
 Without options: one pass over everything waiting (backoff ignored), then a summary.
-With --forever: keep running as the delivery worker, retrying with backoff."""
+With --forever: keep running as the delivery worker, retrying with backoff, and closing
+the calls Asterisk no longer has (:mod:`..reconcile`: in script mode no ``serve`` does it)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .. import logs
 from ..cli import ExitStatus
 from ..delivery import PushSender, deliver_forever, deliver_pass
 from ..outbox import Outbox
+from ..reconcile import Reconciler
 from ..store import Store
 
 
@@ -29,7 +31,8 @@ def run(args, settings) -> int:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        deliver_forever(outbox, sender, settings.deliver_timeout_s, settings.deliver_max_backoff_s, stop)
+        deliver_forever(outbox, sender, settings.deliver_timeout_s, settings.deliver_max_backoff_s, stop,
+                        reconciler=Reconciler.for_worker(settings, store))
         return 0
     stats = deliver_pass(outbox, sender, settings.deliver_timeout_s, settings.deliver_max_backoff_s,
                          due_only=False)

@@ -21,6 +21,7 @@ from ..config import ConfigError, Settings, load_settings
 from ..delivery import KeepAliveTransport, PushSender, deliver_forever
 from ..fastagi import FastAgiServer, check_pool
 from ..outbox import Outbox
+from ..reconcile import Reconciler
 from ..store import Store
 from ..systemd_notify import SystemdNotifier
 
@@ -43,7 +44,8 @@ def parse_bind(text: str):
 
 @dataclass
 class DeliveryWorker:
-    """The outbox worker on its own thread, with its own store connection."""
+    """The outbox worker on its own thread, with its own store connection; between its
+    passes the reconciler closes the calls Asterisk no longer has (:mod:`..reconcile`)."""
 
     settings: Settings
     stop: threading.Event = field(default_factory=threading.Event)
@@ -62,7 +64,8 @@ class DeliveryWorker:
 
     def _run(self, outbox: Outbox, timeout_s: float, max_backoff_s: float) -> None:
         try:
-            deliver_forever(outbox, self.sender, timeout_s, max_backoff_s, self.stop)
+            deliver_forever(outbox, self.sender, timeout_s, max_backoff_s, self.stop,
+                            reconciler=Reconciler.for_worker(self.settings, outbox.store))
         finally:
             self.sender.close()
             outbox.store.close()
