@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -201,6 +202,11 @@ def test_full_pool_refuses_at_once_and_serves_again_when_a_worker_frees(tmp_path
 
                 crm.open()
                 assert [status_of(f.result()) for f in busy] == ["SENT", "SENT"]
+            # A worker is free once its session is closed, a moment after Asterisk's side
+            # saw the status: wait for that (bounded) rather than race it.
+            until = time.monotonic() + 10
+            while server.pool.busy and time.monotonic() < until:
+                time.sleep(0.01)
             assert status_of(fastagi(server.address, FakeCall(), rings[3], ARGS["ring-in"])) == "SENT"
         assert len(crm.received) == 3
     finally:
