@@ -105,6 +105,8 @@ SCENARIOS: Tuple[Scenario, ...] = (
     Scenario("in-vm-nomsg", "0670219434", "0", caller="in-vm-nomsg", did="0443334010"),
     Scenario("in-xfer-att", "0670219433", "0", caller="in-xfer-att", did="0443334009"),
     Scenario("in-xfer-blind", "0670219432", "0", caller="in-xfer-blind", did="0443334008"),
+    Scenario("in-xfer-group", "0670219437", "0", caller="in-xfer-group", did="0443334011"),
+    Scenario("in-xfer-out", "0670219438", "0", caller="in-xfer-out", did="0443334012"),
     Scenario("in-ivr", "0670219430", "0", caller="in-ivr", did="0443334006"),
     Scenario("c2c-answer", "0670219424", "1", c2c={"ext_number": "801", "phone_number": "0670219424"}),
     Scenario("c2c-noanswer", "0670219436", "1",

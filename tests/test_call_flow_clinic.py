@@ -211,3 +211,14 @@ def test_click_to_call_talk_time_starts_when_the_client_answers():
     call = dict(apply(call, plan), answered_at=6.0)
     # ANSWEREDTIME counts from the extension's answer (4 s); the client talked 3.
     assert talk_seconds(call, {"dialstatus": "ANSWER", "answeredtime": "4"}, now=9.2) == 3
+
+
+def test_blind_transfer_to_an_outside_number():
+    from clinica_asterisk.call_flow import plan_ring_out
+    call = answered()
+    plan = plan_ring_out(call, {"number": "0670219499", "trunk": "1", "caller_state": "Up"}, FMT, 20.0)
+    assert plan.events == () and plan.answer_leg == "bxfer" and plan.changes["dst_numbers"] == ["806", "0670219499"]
+    call = apply(call, plan)
+    answer = plan_answer(call, {"target": "0670219499", "leg": "bxfer", "channel": "PJSIP/pstn1-00000009"}, FMT, 22.0)
+    assert answer.events == ("transferredTheCall/1",)  # no received/answered pair: no employee
+    assert answer.changes["transferred_to"] == "0670219499"

@@ -55,6 +55,12 @@ EXPECTED: Dict[str, Tuple[str, str]] = {
                        "disposition=TRANSFER internalNumber=805 dstNumbers>=806,805"),
     "in-xfer-att":    ("received:807 answered:807 transferred:805 received:805 answered:805 hangup:14~2",
                        "disposition=TRANSFER internalNumber=805 dstNumbers>=807,805"),
+    # Blind transfers to a ring group (802 answers) and to an outside number: the pair is
+    # sent for an extension only (an outside number is no employee).
+    "in-xfer-group":  ("received:809 answered:809 transferred:802 received:802 answered:802 hangup:*",
+                       "disposition=TRANSFER internalNumber=802 dstNumbers>=809,600,802"),
+    "in-xfer-out":    ("received:810 answered:810 transferred:0670219499 hangup:*",
+                       "disposition=TRANSFER internalNumber=0670219499 dstNumbers>=810,0670219499"),
     "in-vm-nomsg":    ("received:808 hangup:0",                          "disposition=VM"),
     "in-vm-msg":      ("received:808 hangup:0",                          "disposition=VM-SUCCESS"),
     "out-answer":     ("received:904 answered hangup:3",                 "disposition=ANSWER"),
@@ -83,6 +89,8 @@ LAB_EXPECTED: Dict[str, Dict[str, Any]] = {
                       "phones_answered": ["IAX2/805", "IAX2/806"]},
     "in-xfer-att": {"attended_transfer_started": True, "attended_transfer_completed": True,
                     "phones_answered": ["IAX2/805", "IAX2/807"]},
+    "in-xfer-group": {"blind_transfer_started": True, "phones_answered": ["IAX2/802", "IAX2/809"]},
+    "in-xfer-out": {"blind_transfer_started": True, "phones_answered": ["IAX2/810"]},
     "in-vm-nomsg": {"voicemail_started": True, "voicemail_recording": False, "messages": 0},
     "in-vm-msg": {"voicemail_started": True, "voicemail_recording": True, "messages": 1},
 }
@@ -300,7 +308,9 @@ def check_details(run: Dict[str, Any], name: str) -> List[str]:
         elif ">=" in rule:
             key, value = rule.split(">=")
             if key == "dstNumbers":
-                missing = [v for v in value.split(",") if v not in (d.get(key) or [])]
+                # Binotel's shape: a list of objects, each with its dstNumber.
+                numbers = [n.get("dstNumber") if isinstance(n, dict) else n for n in d.get(key) or []]
+                missing = [v for v in value.split(",") if v not in numbers]
                 if missing:
                     problems.append(f"dstNumbers {d.get(key)!r} lacks {missing}")
             elif not str(d.get(key, "")).lstrip("-").isdigit() or int(d[key]) < int(value):

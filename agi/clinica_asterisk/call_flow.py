@@ -303,7 +303,8 @@ def _transfer(call: Mapping[str, Any], who: str, note: str = "") -> Plan:
     """``who`` now has the client of an answered call."""
     n = int(call.get("transfers") or 0) + 1
     changes = _with_numbers(call, {"transferred_to": who, "transfers": n, "pending_transfer": ""}, [who])
-    return Plan(changes=changes, events=transfer_keys(n, with_pair=True), note=note)
+    # The received/answered pair shows a CRM the new employee; an outside number is none.
+    return Plan(changes=changes, events=transfer_keys(n, with_pair=bool(as_extension(who))), note=note)
 
 
 def plan_answer(call: Optional[Mapping[str, Any]], facts: Mapping[str, str], fmt: NumberFormat, now: float) -> Plan:
