@@ -106,6 +106,8 @@ SCENARIOS: Tuple[Scenario, ...] = (
     Scenario("in-xfer-att", "0670219433", "0", caller="in-xfer-att", did="0443334009"),
     Scenario("in-xfer-blind", "0670219432", "0", caller="in-xfer-blind", did="0443334008"),
     Scenario("in-xfer-group", "0670219437", "0", caller="in-xfer-group", did="0443334011"),
+    Scenario("in-hunt", "0670219439", "0", caller="in-hunt", did="0443334013"),
+    Scenario("in-group-ext", "0670219440", "0", caller="in-group-ext", did="0443334014"),
     Scenario("in-xfer-out", "0670219438", "0", caller="in-xfer-out", did="0443334012"),
     Scenario("in-ivr", "0670219430", "0", caller="in-ivr", did="0443334006"),
     Scenario("c2c-answer", "0670219424", "1", c2c={"ext_number": "801", "phone_number": "0670219424"}),

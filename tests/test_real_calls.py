@@ -44,6 +44,10 @@ EXPECTED: Dict[str, Tuple[str, str]] = {
     # scenario         pushes                                            call-details
     "in-801":         ("received:801 answered:801 hangup:4",             "disposition=ANSWER billsec=4 internalNumber=801"),
     "in-group":       ("received:600 answered:802 hangup:3",             "disposition=ANSWER billsec=3 internalNumber=802 dstNumbers>=600,802"),
+    # Hunt group 601: 803 rings 4 s unanswered, then 802 answers. Group 602 rings 801 and an
+    # outside number together; the outside number (the trunk's far end) answers first.
+    "in-hunt":        ("received:601 answered:802 hangup:3",             "disposition=ANSWER billsec=3 internalNumber=802 dstNumbers>=601,803,802"),
+    "in-group-ext":   ("received:602 answered:0670219498 hangup:3",      "disposition=ANSWER billsec=3 internalNumber=0670219498 dstNumbers>=602,801,0670219498"),
     "in-queue":       ("received:400 answered:802 hangup:3",             "disposition=ANSWER billsec=3 internalNumber=802"),
     "in-miss":        ("received:803 hangup:0",                          "disposition=CANCEL|NOANSWER billsec=0"),
     "in-busy":        ("received:804 hangup:0",                          "disposition=BUSY"),

@@ -316,7 +316,7 @@ def plan_answer(call: Optional[Mapping[str, Any]], facts: Mapping[str, str], fmt
     if leg in (GROUP, CONSULT, BLIND):
         who = party_of_channel(facts.get("channel", ""))  # the member that answered
     who = (who or as_extension(facts.get("target", "")) or extension_of(facts.get("dialed_peer", ""))
-           or (digits_of(facts.get("target", "")) if leg in (BLIND, CONSULT) else ""))
+           or (digits_of(facts.get("target", "")).lstrip("+") if leg in (BLIND, CONSULT, TRUNK) else ""))
     if call["direction"] == OUTGOING:
         if leg in (EXT, GROUP, CONSULT, BLIND) or (not leg and who and who == call.get("internal_number")):
             # Click-to-call: the extension picked up its own ring; the client has not.
