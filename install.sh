@@ -712,7 +712,7 @@ secret=$secret
 deny=0.0.0.0/0.0.0.0
 permit=127.0.0.1/255.255.255.255
 read=call
-write=originate,reporting"
+write=originate,reporting,call"
     [ "$FILE_CHANGED" = 0 ] || AMI_RELOAD=1
     state_set ami 1
     env_set CLINICA_AMI_USER clinica
@@ -753,7 +753,7 @@ asterisk -rx "manager reload" there:
   deny=0.0.0.0/0.0.0.0
   permit=$address/255.255.255.255
   read=call
-  write=originate,reporting
+  write=originate,reporting,call
 EOF
         [ -n "$PBX" ] || say "and set CLINICA_AMI_HOST in $ENV_FILE to the PBX's address."
     fi

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "agi"))
 from clinica_asterisk.api import call_details  # noqa: E402
 from clinica_asterisk.api.app import answer_text  # noqa: E402
 from clinica_asterisk.api.directory import Directory  # noqa: E402
+from clinica_asterisk.api.names import current_names  # noqa: E402
 from clinica_asterisk.api.server import ApiServer  # noqa: E402
 from clinica_asterisk.api.signature import sign  # noqa: E402
 from clinica_asterisk.config import DEFAULTS, build_settings  # noqa: E402
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
             return call_details.fetch(conn, ids)
 
         def method(ids):
-            answer = call_details.call_details(conn, {"generalCallID": ids}, directory, "10881", time.time())
+            answer = call_details.call_details(conn, {"generalCallID": ids}, lambda: current_names(directory, None),
+                                               "10881", time.time())
             answer["signature"] = sign(SECRET, answer)
             return answer_text(answer)
 

@@ -71,6 +71,12 @@ def php_verifies(answer_text: str, secret: str = SECRET) -> str:
     return php("verify", secret, stdin=answer_text).strip()
 
 
+def php_reads(answer_text: str) -> Dict[str, Any]:
+    """What Binotel's samples (and CRMs written like them) find in an answer, read by real
+    PHP with every warning fatal."""
+    return json.loads(php("read", stdin=answer_text))
+
+
 @contextlib.contextmanager
 def running_server(settings, context=None) -> Iterator[ApiServer]:
     server = ApiServer(settings, context)

@@ -11,6 +11,8 @@ It speaks the protocol as Asterisk does: the ``Asterisk Call Manager/…`` banne
   then ``CoreShowChannelsComplete`` with ``ListItems``; Logoff says goodbye and closes.
 * ``refuse``: as ``accept``, but the Originate and CoreShowChannels are answered
   ``Response: Error`` with ``refusal``.
+  ``Hangup`` removes the named channel from :attr:`channels` and says ``Channel Hungup``
+  (``No such channel`` for a name it does not have).
 * ``bad-login``: Login is answered ``Authentication failed`` and the connection closed.
 * ``silent``: accepts the connection and never says anything, not even the banner.
 * ``mute-after-login``: greets and logs in, then never answers the Originate or
@@ -87,6 +89,10 @@ class FakeAmi:
     def originates(self) -> List[Headers]:
         with self.lock:
             return [a for a in self.actions if header(a, "Action") == "Originate"]
+
+    def hangups(self) -> List[Headers]:
+        with self.lock:
+            return [a for a in self.actions if header(a, "Action") == "Hangup"]
 
     def listings(self) -> List[Headers]:
         with self.lock:
@@ -174,6 +180,13 @@ class FakeAmi:
                 ("Context", header(action, "Context") or ""), ("Exten", header(action, "Exten") or ""),
                 ("Application", ""), ("Data", ""), ("Reason", "4"), ("Uniqueid", "1795715147.29"),
                 ("CallerIDNum", "<unknown>"), ("CallerIDName", "<unknown>")))
+            return True
+        if name == "Hangup":
+            with self.lock:
+                kept = [c for c in self.channels if c[0] != header(action, "Channel")]
+                found, self.channels = len(kept) < len(self.channels), kept
+            conn.sendall(_message(("Response", "Success" if found else "Error"), ("ActionID", action_id),
+                                  ("Message", "Channel Hungup" if found else "No such channel")))
             return True
         if name == "Logoff":
             conn.sendall(_message(("Response", "Goodbye"), ("ActionID", action_id),

@@ -2,8 +2,8 @@
 
 The server is real (``mariadbd`` from Debian's mariadb-server), started once per test run in
 a temporary data directory, listening on 127.0.0.1 on a free port and on a socket of its
-own, and stopped at the end.  The tables have FreePBX's names and columns (core's ``users``
-and ``incoming``, User Management's ``userman_users``); the API reads them as the read-only
+own, and stopped at the end.  The tables have FreePBX's names and columns (core's ``users``,
+``incoming`` and ``trunks``, User Management's ``userman_users``); the API reads them as the read-only
 user docs/api.md tells the administrator to create, with exactly the grants shown there.
 """
 
@@ -103,6 +103,23 @@ SCHEMA = [
         rvolume varchar(2) DEFAULT '',
         indication_zone varchar(20) DEFAULT 'default'
     ) DEFAULT CHARSET=utf8mb4""",
+    # core: trunks; outcid is the Outbound CallerID the trunk presents
+    """CREATE TABLE trunks (
+        trunkid int(11) NOT NULL DEFAULT 0,
+        tech varchar(20) NOT NULL,
+        channelid varchar(190) NOT NULL DEFAULT '',
+        name varchar(50) NOT NULL DEFAULT '',
+        outcid varchar(255) NOT NULL DEFAULT '',
+        keepcid varchar(4) DEFAULT 'off',
+        maxchans varchar(6) DEFAULT '',
+        failscript varchar(255) NOT NULL DEFAULT '',
+        dialoutprefix varchar(255) NOT NULL DEFAULT '',
+        usercontext varchar(255) DEFAULT NULL,
+        provider varchar(40) DEFAULT NULL,
+        disabled varchar(4) DEFAULT 'off',
+        `continue` varchar(4) DEFAULT 'off',
+        PRIMARY KEY (trunkid, tech, channelid)
+    ) DEFAULT CHARSET=utf8mb4""",
 ]
 
 # What the recorded FreePBX calls meet (tests/test_freepbx_db.py says what each row is for).
@@ -126,13 +143,18 @@ ROWS = [
     "('0679999999', '380443334002', 'from-did-direct,803,1', 'Тільки для одного абонента'), "
     "('', '_044333400[34]', 'ext-queues,400,1', 'Філія'), "
     "('', '', 'ext-group,600,1', 'Інші номери')",
+    # Trunk 1 presents the main number with a name, trunk 2 a bare number, trunk 3 nothing.
+    "INSERT INTO trunks (trunkid, tech, channelid, name, outcid) VALUES "
+    "(1, 'pjsip', 'pstn1', 'pstn1', '\"Clinic\" <+380443334000>'), "
+    "(2, 'pjsip', 'pstn2', 'pstn2', '0443334001'), "
+    "(3, 'pjsip', 'pstn3', 'pstn3', '')",
 ]
 
 
 def documented_grants(user: str, host: str) -> List[str]:
     """The GRANT statements docs/api.md shows, for this user and host."""
     grants = [g.strip() for g in re.findall(r"^\s*GRANT SELECT ON .+;$", DOCS.read_text(encoding="utf-8"), re.M)]
-    assert len(grants) == 3, "docs/api.md should show the three GRANT statements"
+    assert len(grants) == 4, "docs/api.md should show the four GRANT statements"
     return [re.sub(r"TO '[^']*'@'[^']*'", f"TO '{user}'@'{host}'", g).rstrip(";") for g in grants]
 
 
@@ -214,7 +236,8 @@ class MariaDb:
         self.execute(*statements, database=None)
 
     def reset_rows(self) -> None:
-        self.execute("DELETE FROM users", "DELETE FROM userman_users", "DELETE FROM incoming", *ROWS)
+        self.execute("DELETE FROM users", "DELETE FROM userman_users", "DELETE FROM incoming", "DELETE FROM trunks",
+                     *ROWS)
 
     def url(self, port: Optional[int] = None, user: str = RO_USER, password: str = RO_PASSWORD) -> str:
         return f"mysql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port or self.port}/asterisk"

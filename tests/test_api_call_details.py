@@ -5,6 +5,7 @@ import os
 
 import pytest
 from api_support import CALLS, SECRET, T0, Clock, api_settings, php_verifies, play, post, requires_php, signed_body
+from binotel_shapes import check_call_details
 
 from clinica_asterisk.api.app import create_app
 from clinica_asterisk.api.call_details import details
@@ -26,7 +27,7 @@ DIRECTORY = """extension,name,email
 def env(tmp_path, crm):
     (tmp_path / "directory.csv").write_text(DIRECTORY, encoding="utf-8")
     settings = api_settings(tmp_path, crm_push_url=crm.url, company_id="10881",
-                            directory_file=str(tmp_path / "directory.csv"))
+                            directory_file=str(tmp_path / "directory.csv"), trunk_numbers="1:+380443334000")
     clock = Clock(T0)
     services = HookServices(settings, Store(settings.db_path, clock=clock), PushSender(crm.url), "pbx1", clock=clock)
     app = create_app(settings)
@@ -37,6 +38,7 @@ def env(tmp_path, crm):
 def ask(client, ids):
     status, answer = post(client, "/api/2.0/stats/call-details.json", {"generalCallID": ids})
     assert status == 200 and answer["status"] == "success", answer
+    check_call_details(answer)
     return answer["callDetails"]
 
 
@@ -45,13 +47,10 @@ def test_every_recorded_call_is_described_with_the_seed_s_types(env):
     ids = {name: play(services, clock, sessions) for name, sessions in CALLS.items() if name != "click-to-call"}
     found = ask(client, list(ids.values()))
     assert set(found) == {str(i) for i in ids.values()}
-    for entry in found.values():
-        assert list(entry) == ["companyID", "generalCallID", "callID", "startTime", "callType", "internalNumber",
-                               "internalAdditionalData", "externalNumber", "srcNumber", "employeeName",
-                               "employeeEmail", "dstNumbers", "waitsec", "billsec", "disposition", "isNewCall",
-                               "did", "didNumber", "didName", "trunkNumber"]
+    for entry in found.values():  # ask() checked each entry's keys, their order and types
         assert isinstance(entry.pop("waitsec"), int)
-        assert all(isinstance(n, str) for n in entry.pop("dstNumbers"))
+        assert all(isinstance(n["dstNumber"], str) and isinstance(n["waitsec"], int) and isinstance(n["billsec"], str)
+                   for n in entry.pop("dstNumbers"))
         assert all(isinstance(v, str) for v in entry.values())
     summary = {name: (found[str(i)]["disposition"], found[str(i)]["internalNumber"], found[str(i)]["billsec"])
                for name, i in ids.items()}
@@ -77,9 +76,17 @@ def test_a_ring_group_call_names_the_member_who_answered_and_the_group(env):
         "internalAdditionalData": "600 > ",
         "externalNumber": "0670219425",
         "srcNumber": "0670219425",
+        "customerData": "",
         "employeeName": "Петренко, Олег",
         "employeeEmail": "oleg@clinic.example",
-        "dstNumbers": ["600", "802", "801"],
+        "dstNumbers": [  # the group and its members, in the order they rang
+            {"dstNumber": "600", "waitsec": 8, "billsec": "3", "disposition": "ANSWER",
+             "employeeName": "", "employeeEmail": ""},
+            {"dstNumber": "802", "waitsec": 8, "billsec": "3", "disposition": "ANSWER",
+             "employeeName": "Петренко, Олег", "employeeEmail": "oleg@clinic.example"},
+            {"dstNumber": "801", "waitsec": 8, "billsec": "0", "disposition": "NOANSWER",
+             "employeeName": "Наталия Сторожук", "employeeEmail": "nataliiastorozhuk@medakadem.com"},
+        ],
         "waitsec": 8,  # ring-in, group, two members (1 s each), answer (5 s)
         "billsec": "3",
         "disposition": "ANSWER",
@@ -99,7 +106,11 @@ def test_an_outgoing_call_names_the_caller_its_trunk_and_the_number_dialled(env)
                                   "employeeName", "employeeEmail", "dstNumbers", "trunkNumber", "did",
                                   "waitsec", "disposition")} == {
         "callType": "1", "internalNumber": "904", "internalAdditionalData": "", "externalNumber": "0670219424",
-        "employeeName": "Front desk", "employeeEmail": "", "dstNumbers": ["0670219424"], "trunkNumber": "1",
+        "employeeName": "Front desk", "employeeEmail": "",
+        "dstNumbers": [{"dstNumber": "0670219424", "waitsec": 5, "billsec": "3", "disposition": "ANSWER",
+                        "employeeName": "", "employeeEmail": ""}],
+        # The number trunk 1 presents (CLINICA_TRUNK_NUMBERS), in the API's number format.
+        "trunkNumber": "0443334000",
         "did": "", "waitsec": 5, "disposition": "ANSWER",
     }
 
@@ -216,3 +227,17 @@ def test_the_directory_is_read_again_when_the_file_changes(tmp_path):
     assert "802" in directory
     path.unlink()
     assert directory.lookup("801") is None
+
+
+def test_a_click_to_call_s_attempts_are_the_numbers_dialled_not_its_own_extension():
+    entry = details(call(direction="out", internal_number="801", dst_numbers=["801", "0670219424"], did="",
+                         answered_at=110.0, answered_by="0670219424"), False, {}, "", 130.0)
+    assert [(d["dstNumber"], d["disposition"], d["billsec"]) for d in entry["dstNumbers"]] == [
+        ("0670219424", "ONLINE", "20")]
+
+
+def test_attempts_of_a_call_nobody_answered_carry_its_disposition():
+    entry = details(call(dst_numbers=["600", "801", "802"], internal_number="600", ended_at=125.0, billsec=0,
+                         disposition="VM-SUCCESS"), False, {"801": Employee("Наталия", "n@example.com")}, "", 999.0)
+    assert [(d["dstNumber"], d["disposition"], d["waitsec"], d["employeeName"]) for d in entry["dstNumbers"]] == [
+        ("600", "VM-SUCCESS", 25, ""), ("801", "VM-SUCCESS", 25, "Наталия"), ("802", "VM-SUCCESS", 25, "")]

@@ -3,6 +3,7 @@ sent, AMI failures as clear errors, and injection attempts that never reach Aste
 
 import pytest
 from api_support import api_settings, post
+from binotel_shapes import check
 from fake_ami import FakeAmi, header
 from fake_asterisk import FakeCall, freepbx_calls
 from helpers import our_args, run_over_socket
@@ -47,6 +48,7 @@ def test_the_originate_sent_is_exactly_freepbx_s_click_to_call_carrying_the_call
     assert (status, answer["status"]) == (200, "success")
     call_id = int(answer["generalCallID"])
     assert list(answer) == ["status", "generalCallID", "signature"]
+    check(answer, "ExtToPhoneAnswer")  # Binotel's shape
 
     login, originate, logoff = ami.actions
     assert [kv for kv in login if kv[0] != "ActionID"] == [("Action", "Login"), ("Username", "clinica"),
@@ -221,3 +223,69 @@ def test_the_pushes_of_the_call_carry_the_id_the_api_answered(tmp_path, ami, crm
     entry = details["callDetails"][call_id]
     assert (entry["callType"], entry["internalNumber"], entry["externalNumber"], entry["disposition"]) == \
         ("1", "801", "0670219424", "ANSWER")
+
+
+# --- Binotel's optional parameters -------------------------------------------------------
+
+def headers_named(action, name):
+    return [v for k, v in action if k == name]
+
+
+def test_binotel_s_optional_parameters_are_honoured(tmp_path, ami):
+    settings, client = client_for(tmp_path, ami.port)
+    status, answer = ext_to_phone(client, dict(REQUEST, callTimeToExt=20, limitCallTime="120",
+                                               callerIdForEmployee="CRM client 3320", playbackWaiting="FALSE",
+                                               **{"async": "TRUE"}))
+    assert answer["status"] == "success", answer
+    (originate,) = ami.originates()
+    assert header(originate, "CallerID") == '"CRM client 3320" <902>'  # the employee's phone shows this
+    assert header(originate, "Timeout") == "20000"
+    assert header(originate, "Async") == "yes"
+    # The call's first channel ends at the latest the extension's ring time plus the limit after the Originate.
+    assert headers_named(originate, "Variable") == [f"__CLINICA_CALLID={answer['generalCallID']}",
+                                                   "TIMEOUT(absolute)=140"]
+
+
+def test_async_false_waits_for_the_extension(tmp_path, ami):
+    settings, client = client_for(tmp_path, ami.port)
+    status, answer = ext_to_phone(client, dict(REQUEST, **{"async": "FALSE"}))
+    assert answer["status"] == "success"
+    assert header(ami.originates()[0], "Async") == "no"
+
+
+def test_async_false_and_an_extension_that_does_not_answer_is_a_clear_error(tmp_path):
+    fake = FakeAmi("refuse", refusal="Originate failed").start()
+    try:
+        settings, client = client_for(tmp_path, fake.port)
+        status, answer = ext_to_phone(client, dict(REQUEST, **{"async": False}))
+    finally:
+        fake.stop()
+    assert (answer["code"], answer["message"]) == (Code.EXTENSION_NO_ANSWER, "the extension did not take the call")
+    (call,) = [dict(r) for r in Store(settings.db_path).conn.execute("SELECT * FROM calls")]
+    assert (call["ended_at"], call["disposition"]) == (NOW, "NOANSWER")
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"playbackWaiting": "TRUE"}, "playbackWaiting"),
+    ({"playbackWaiting": True}, "playbackWaiting"),
+    ({"trunkNumber": "0443334000"}, "trunkNumber"),
+])
+def test_what_asterisk_cannot_do_here_is_refused_not_ignored(tmp_path, ami, extra, fragment):
+    settings, client = client_for(tmp_path, ami.port)
+    status, answer = ext_to_phone(client, dict(REQUEST, **extra))
+    assert (answer["status"], answer["code"]) == ("error", Code.UNSUPPORTED_PARAMETER)
+    assert answer["message"].startswith(fragment)
+    assert ami.connections == 0
+
+
+@pytest.mark.parametrize("extra", [
+    {"limitCallTime": 0}, {"limitCallTime": "two minutes"}, {"limitCallTime": 86401},
+    {"callerIdForEmployee": 'Private" <900>'}, {"callerIdForEmployee": "line\r\nAction: Hangup"},
+    {"callerIdForEmployee": ""}, {"callerIdForEmployee": "x" * 41}, {"callerIdForEmployee": 3320},
+    {"async": "maybe"}, {"async": 2}, {"playbackWaiting": "no"},
+])
+def test_optional_parameters_of_the_wrong_form_are_refused(tmp_path, ami, extra):
+    settings, client = client_for(tmp_path, ami.port)
+    status, answer = ext_to_phone(client, dict(REQUEST, **extra))
+    assert (answer["status"], answer["code"]) == ("error", Code.INVALID_PARAMETER)
+    assert ami.connections == 0

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from api_support import api_settings, post
+from binotel_shapes import check
 
 from clinica_asterisk.api.app import build_context, create_app
 from clinica_asterisk.api.errors import Code
@@ -54,6 +55,7 @@ def put_file(settings, name, data=AUDIO, moment=STARTED):
 def link(client, call_id, key="callID"):
     status, answer = post(client, "/api/2.0/stats/call-record.json", {key: call_id})
     assert answer["status"] == "success", answer
+    check(answer, "CallRecordAnswer")  # Binotel's shape
     return answer["url"]
 
 

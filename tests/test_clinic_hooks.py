@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from binotel_shapes import check_push
 from fake_asterisk import FakeCall, RecordedSession
 from helpers import run_over_socket
 
@@ -107,6 +108,9 @@ def test_blind_transfer_tells_the_crm_who_has_the_client(crm, settings_for):
         ("transferredTheCall", "805"), ("receivedTheCall", "805"), ("answeredTheCall", "805"),
         ("hangupTheCall", "14")]
     assert len({p["generalCallID"] for p in crm.pushes()}) == 1
+    for push in crm.pushes():
+        check_push(push)  # Binotel's shape, transferredTheCall and the pair included
+    assert crm.pushes()[-1]["disposition"] == "TRANSFER"
     stored = c.stored()
     assert (stored["disposition"], stored["transferred_to"], stored["dst_numbers"]) == ("TRANSFER", "805", ["806", "805"])
 

@@ -60,3 +60,13 @@ def test_a_named_env_file_that_is_missing_is_an_error(tmp_path):
 def test_example_file_holds_every_setting():
     example = open(os.path.join(os.path.dirname(__file__), "..", ".env.example")).read()
     assert all(key in example for key in DEFAULTS), [k for k in DEFAULTS if k not in example]
+
+
+def test_trunk_numbers_are_trunk_id_number_pairs():
+    values = dict(DEFAULTS, CLINICA_TRUNK_NUMBERS=" 1:0443334000, 2:+380443334001 ")
+    assert build_settings(values).trunk_numbers == {"1": "0443334000", "2": "+380443334001"}
+    for bad in ("pstn1:0443334000", "1:044-333", "1", "1:0443334000\n2"):
+        with pytest.raises(ConfigError, match="CLINICA_TRUNK_NUMBERS"):
+            build_settings(dict(DEFAULTS, CLINICA_TRUNK_NUMBERS=bad))
+    with pytest.raises(ConfigError, match="CLINICA_PUSH_EXTRA_KEYS"):
+        build_settings(dict(DEFAULTS, CLINICA_PUSH_EXTRA_KEYS="maybe"))

@@ -469,7 +469,7 @@ def test_freepbx_s_database_read_says_how_much_it_found_and_never_the_password(s
     assert status_of(lines, "freepbx") == "OK"
     assert lines["freepbx"].endswith(
         f"clinica@127.0.0.1:{freepbx_db.port}/asterisk (credentials from CLINICA_FREEPBX_DB): "
-        "5 extensions (2 named in User Management), 6 inbound routes")
+        "5 extensions (2 named in User Management), 6 inbound routes, 2 trunks with a number")
     assert "secrets set: CLINICA_AMI_SECRET, CLINICA_API_KEYS, CLINICA_FREEPBX_DB" in lines["configuration"]
     assert RO_PASSWORD not in out and "r0%3Ap" not in out
     assert status == 0
@@ -508,7 +508,7 @@ def test_a_freepbx_user_without_the_grants_fails_and_says_which(setup, capsys, f
     _, lines, _ = run_doctor(capsys)
     assert status_of(lines, "freepbx") == "FAIL"
     assert "(1142) SELECT command denied" in lines["freepbx"]
-    assert lines["freepbx"].endswith("the user needs SELECT on users, userman_users, incoming")
+    assert lines["freepbx"].endswith("the user needs SELECT on users, userman_users, incoming, trunks")
 
 
 def test_freepbx_s_database_off_is_only_a_note(setup, capsys):

@@ -2,6 +2,7 @@
 real sockets, pushed to a real HTTP server: the exact events the CRM receives."""
 
 import pytest
+from binotel_shapes import check_push
 from fake_asterisk import FakeCall, freepbx_calls
 from helpers import our_args, play_freepbx_call, run_over_socket
 
@@ -10,46 +11,53 @@ from clinica_asterisk.hooks import HookServices
 CALLS = freepbx_calls()
 
 
-def received_in(did, external, internal):
+# The CRM document's keys in its order, companyID always (empty: not configured), then the
+# keys Binotel also sends (pbxNumber, did, srcNumber; disposition), requestType last.
+def received_in(did, external, internal, src=None):
     return {"didNumber": did, "externalNumber": external, "internalNumber": internal,
-            "generalCallID": "ID", "callType": "0", "requestType": "receivedTheCall"}
+            "generalCallID": "ID", "callType": "0", "companyID": "", "pbxNumber": did, "did": did,
+            "srcNumber": src or external, "requestType": "receivedTheCall"}
 
 
 def answered_in(did, external, internal):
-    return dict(received_in(did, external, internal), requestType="answeredTheCall")
+    return {"didNumber": did, "externalNumber": external, "internalNumber": internal,
+            "generalCallID": "ID", "callType": "0", "companyID": "", "pbxNumber": did,
+            "requestType": "answeredTheCall"}
 
 
 def received_out(external, internal):
     return {"externalNumber": external, "internalNumber": internal, "generalCallID": "ID",
-            "callType": "1", "requestType": "receivedTheCall"}
+            "callType": "1", "companyID": "", "requestType": "receivedTheCall"}
 
 
 def answered_out(external, internal):
     return dict(received_out(external, internal), requestType="answeredTheCall")
 
 
-def hangup(billsec):
-    return {"generalCallID": "ID", "billsec": str(billsec), "requestType": "hangupTheCall"}
+def hangup(billsec, disposition):
+    return {"generalCallID": "ID", "billsec": str(billsec), "companyID": "", "disposition": disposition,
+            "requestType": "hangupTheCall"}
 
 
 EXPECTED = {
     "in-801": [received_in("0443334000", "0670219424", "801"),
-               answered_in("0443334000", "0670219424", "801"), hangup(4)],
+               answered_in("0443334000", "0670219424", "801"), hangup(4, "ANSWER")],
     # The group rings first (internalNumber 600); the member who answered is reported.
     "in-group": [received_in("0443334001", "0670219425", "600"),
-                 answered_in("0443334001", "0670219425", "802"), hangup(3)],
-    # Caller id in E.164 comes out national; billsec is the talk time, not CDR(billsec).
-    "in-queue": [received_in("0443334003", "0670219427", "400"),
-                 answered_in("0443334003", "0670219427", "802"), hangup(3)],
-    "in-miss": [received_in("0443334002", "0670219426", "803"), hangup(0)],
-    "in-busy": [received_in("0443334004", "0670219428", "804"), hangup(0)],
-    "out-answer": [received_out("0670219424", "904"), answered_out("0670219424", "904"), hangup(3)],
-    "out-noanswer": [received_out("0671111111", "904"), hangup(0)],
-    "out-busy": [received_out("0672222222", "904"), hangup(0)],
+                 answered_in("0443334001", "0670219425", "802"), hangup(3, "ANSWER")],
+    # Caller id in E.164 comes out national (srcNumber keeps it as received); billsec is
+    # the talk time, not CDR(billsec).
+    "in-queue": [received_in("0443334003", "0670219427", "400", src="+380670219427"),
+                 answered_in("0443334003", "0670219427", "802"), hangup(3, "ANSWER")],
+    "in-miss": [received_in("0443334002", "0670219426", "803"), hangup(0, "CANCEL")],
+    "in-busy": [received_in("0443334004", "0670219428", "804"), hangup(0, "BUSY")],
+    "out-answer": [received_out("0670219424", "904"), answered_out("0670219424", "904"), hangup(3, "ANSWER")],
+    "out-noanswer": [received_out("0671111111", "904"), hangup(0, "CANCEL")],
+    "out-busy": [received_out("0672222222", "904"), hangup(0, "BUSY")],
     # Two trunks tried, one call: one receivedTheCall.
-    "out-failover": [received_out("0993333333", "904"), answered_out("0993333333", "904"), hangup(2)],
+    "out-failover": [received_out("0993333333", "904"), answered_out("0993333333", "904"), hangup(2, "ANSWER")],
     # Originated without the API (no call id passed): the extension is taken from the channel.
-    "click-to-call": [received_out("0670219424", "801"), answered_out("0670219424", "801"), hangup(4)],
+    "click-to-call": [received_out("0670219424", "801"), answered_out("0670219424", "801"), hangup(4, "ANSWER")],
 }
 
 DISPOSITIONS = {
@@ -74,6 +82,21 @@ def test_recorded_call_pushes_exactly_these_events(scenario, crm, settings_for):
     call_id = ids.pop()
     assert call_id.isdigit() and 2**31 < int(call_id) < 2**63
     assert [dict(p, generalCallID="ID") for p in pushes] == EXPECTED[scenario]
+    for push in pushes:
+        check_push(push)
+        assert list(push) == list(EXPECTED[scenario][pushes.index(push)])  # Binotel's key order
+
+
+def test_without_the_extra_keys_the_pushes_hold_the_crm_document_s_alone(crm, settings_for):
+    services = HookServices.open(settings_for(crm.url, push_extra_keys="no", company_id="3041"))
+    play_freepbx_call(services, CALLS["in-801"])
+    assert [dict(p, generalCallID="ID") for p in crm.pushes()] == [
+        {"didNumber": "0443334000", "externalNumber": "0670219424", "internalNumber": "801", "generalCallID": "ID",
+         "callType": "0", "companyID": "3041", "requestType": "receivedTheCall"},
+        {"didNumber": "0443334000", "externalNumber": "0670219424", "internalNumber": "801", "generalCallID": "ID",
+         "callType": "0", "companyID": "3041", "requestType": "answeredTheCall"},
+        {"generalCallID": "ID", "billsec": "4", "companyID": "3041", "requestType": "hangupTheCall"},
+    ]
 
 
 @pytest.mark.parametrize("scenario", sorted(EXPECTED))

@@ -11,6 +11,7 @@ import time
 import pytest
 import requests
 from api_support import CALLS, T0, Clock, api_settings, base_url, play, running_server, signed_body
+from binotel_shapes import check
 from fake_ami import FakeAmi
 from mariadb_support import FREEPBX_PASSWORD, FREEPBX_USER, RO_PASSWORD, TcpRelay, free_port
 
@@ -261,6 +262,20 @@ def test_the_tables_are_read_as_the_read_only_user_the_docs_create(freepbx_db):
     assert InboundRoute("", "", "Інші номери") in data.routes
 
 
+def test_each_trunk_s_number_is_its_outbound_caller_id(freepbx_db):
+    data = read_freepbx(target_from_url(freepbx_db.url()))
+    assert dict(data.trunks) == {"1": "+380443334000", "2": "0443334001"}  # trunk 3 presents none
+
+
+def test_a_user_granted_the_three_older_tables_still_reads_them_without_trunks(freepbx_db):
+    freepbx_db.execute("CREATE USER IF NOT EXISTS 'older'@'127.0.0.1' IDENTIFIED BY 'pw'",
+                       *[f"GRANT SELECT ON asterisk.{t} TO 'older'@'127.0.0.1'"
+                         for t in ("users", "userman_users", "incoming")], database=None)
+    data = read_freepbx(target_from_url(freepbx_db.url(user="older", password="pw")))
+    assert dict(data.employees) == EXPECTED_EMPLOYEES and len(data.routes) == 6
+    assert dict(data.trunks) == {}
+
+
 def test_without_user_management_the_extensions_name_themselves(freepbx_db):
     freepbx_db.execute("RENAME TABLE userman_users TO userman_users_away")
     try:
@@ -375,6 +390,26 @@ def test_call_details_name_employees_and_dids_from_freepbx(api):
             "in-busy": ("Каса", "kasa@clinic.example", "Філія"),
             "out-answer": ("Стійка", "", ""),                       # outgoing: no didName
         }
+
+
+def test_trunk_number_is_the_trunk_s_outbound_caller_id_unless_the_setting_names_it(api):
+    a = api()
+    out_answer, out_failover = a.play("out-answer"), a.play("out-failover")  # trunks 1 and 2
+    with running_server(a.settings, a.context) as server:
+        found = a.post(server, "stats/call-details", {"generalCallID": [out_answer, out_failover]})["callDetails"]
+    assert (found[str(out_answer)]["trunkNumber"], found[str(out_failover)]["trunkNumber"]) == \
+        ("0443334000", "0443334001")  # "Clinic" <+380443334000> in the API's national format
+
+
+def test_the_employees_are_freepbx_s_extensions_with_user_management_s_names(api):
+    a = api(directory="extension,name,email\n805,Новенька,new@clinic.example\n")
+    with running_server(a.settings, a.context) as server:
+        answer = a.post(server, "settings/list-of-employees", {})
+    check(answer, "EmployeesAnswer")
+    assert {e: (v["name"], v["email"]) for e, v in answer["listOfEmployees"].items()} == {
+        "801": ("Наталія Сторожук", "nataliiastorozhuk@medakadem.com"), "802": ("Олег Петренко", ""),
+        "803": ("Реєстратура", ""), "804": ("Каса", "kasa@clinic.example"), "805": ("Новенька", "new@clinic.example"),
+        "904": ("Стійка", "")}
 
 
 def test_the_directory_file_overrides_freepbx_field_by_field(api):

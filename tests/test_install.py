@@ -443,7 +443,7 @@ def test_ami_user_is_made_for_click_to_call_and_its_secret_never_shown(installer
     assert manager.startswith(MANAGER_CUSTOM + "\n" + BEGIN + "\n[clinica]\nsecret=")
     secret = manager.split("secret=")[2].split("\n")[0]
     assert len(secret) >= 32
-    assert manager.endswith("\ndeny=0.0.0.0/0.0.0.0\npermit=127.0.0.1/255.255.255.255\nread=call\nwrite=originate,reporting\n" + END + "\n")
+    assert manager.endswith("\ndeny=0.0.0.0/0.0.0.0\npermit=127.0.0.1/255.255.255.255\nread=call\nwrite=originate,reporting,call\n" + END + "\n")
     settings = settings_of(root)
     assert (settings.ami_user, settings.ami_secret) == ("clinica", secret)
     assert secret not in done.stdout + done.stderr

@@ -98,7 +98,7 @@ class ThreadRecordingTransport:
     def __init__(self):
         self.threads = []
 
-    def post(self, url, body, content_type, timeout_s):
+    def post(self, url, body, content_type, timeout_s, cutoff=None):
         self.threads.append(threading.current_thread())
         return 200
 

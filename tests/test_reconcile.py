@@ -103,7 +103,8 @@ def test_a_call_whose_channels_are_gone_is_closed_after_two_lists_and_the_crm_he
     assert reconciler.sweep() == []
     assert deliver(settings).sent == 0
     assert pushes_of(crm, gone)[2:] == [
-        {"generalCallID": str(gone), "billsec": "100", "requestType": "hangupTheCall"}]
+        {"generalCallID": str(gone), "billsec": "100", "companyID": "", "disposition": "ANSWER",
+         "requestType": "hangupTheCall"}]
     assert [p["requestType"] for p in pushes_of(crm, alive)] == ["receivedTheCall", "answeredTheCall"]
     assert [kv for kv in ami.listings()[0] if kv[0] != "ActionID"] == [("Action", "CoreShowChannels")]
 
@@ -224,8 +225,10 @@ def test_without_an_ami_user_calls_older_than_the_maximum_are_closed(tmp_path, c
     assert deliver(settings).sent == 2
     assert crm.pushes() == [
         {"didNumber": "0443334000", "externalNumber": "0670219424", "internalNumber": "801",
-         "generalCallID": str(old), "callType": "0", "requestType": "receivedTheCall"},
-        {"generalCallID": str(old), "billsec": "3690", "requestType": "hangupTheCall"},
+         "generalCallID": str(old), "callType": "0", "companyID": "", "pbxNumber": "0443334000",
+         "did": "0443334000", "srcNumber": "", "requestType": "receivedTheCall"},
+        {"generalCallID": str(old), "billsec": "3690", "companyID": "", "disposition": "ANSWER",
+         "requestType": "hangupTheCall"},
     ]
 
 

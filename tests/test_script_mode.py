@@ -54,18 +54,26 @@ def test_recordings_hold_the_four_calls():
         ["ring-miss", "hangup-in"], ["ring-out", "answer", "hangup-out"]]
 
 
-EXPECTED = [
-    [{"didNumber": "0443334000", "externalNumber": "0670219424", "internalNumber": "801", "callType": "0", "requestType": "receivedTheCall"},
-     {"didNumber": "0443334000", "externalNumber": "0670219424", "internalNumber": "801", "callType": "0", "requestType": "answeredTheCall"},
-     {"billsec": "3", "requestType": "hangupTheCall"}],
-    [{"didNumber": "0443334001", "externalNumber": "0670219425", "internalNumber": "600", "callType": "0", "requestType": "receivedTheCall"},
-     {"didNumber": "0443334001", "externalNumber": "0670219425", "internalNumber": "802", "callType": "0", "requestType": "answeredTheCall"},
-     {"billsec": "2", "requestType": "hangupTheCall"}],
-    [{"didNumber": "0443334002", "externalNumber": "0670219426", "internalNumber": "803", "callType": "0", "requestType": "receivedTheCall"},
-     {"billsec": "0", "requestType": "hangupTheCall"}],
+def _received_in(did, external, internal, src):
+    return {"didNumber": did, "externalNumber": external, "internalNumber": internal, "callType": "0",
+            "pbxNumber": did, "did": did, "srcNumber": src, "requestType": "receivedTheCall"}
+
+
+def _answered_in(did, external, internal):
+    return {"didNumber": did, "externalNumber": external, "internalNumber": internal, "callType": "0",
+            "pbxNumber": did, "requestType": "answeredTheCall"}
+
+
+EXPECTED = [  # generalCallID and companyID taken out (checked apart)
+    [_received_in("0443334000", "0670219424", "801", "0670219424"), _answered_in("0443334000", "0670219424", "801"),
+     {"billsec": "3", "disposition": "ANSWER", "requestType": "hangupTheCall"}],
+    [_received_in("0443334001", "0670219425", "600", "0670219425"), _answered_in("0443334001", "0670219425", "802"),
+     {"billsec": "2", "disposition": "ANSWER", "requestType": "hangupTheCall"}],
+    [_received_in("0443334002", "0670219426", "803", "0670219426"),
+     {"billsec": "0", "disposition": "CANCEL", "requestType": "hangupTheCall"}],
     [{"externalNumber": "0670219424", "internalNumber": "904", "callType": "1", "requestType": "receivedTheCall"},
      {"externalNumber": "0670219424", "internalNumber": "904", "callType": "1", "requestType": "answeredTheCall"},
-     {"billsec": "2", "requestType": "hangupTheCall"}],
+     {"billsec": "2", "disposition": "ANSWER", "requestType": "hangupTheCall"}],
 ]
 
 

@@ -39,18 +39,23 @@ def test_shipped_calls_are_the_recorded_ones():
     assert SHIPPED.read_text() == render_recorded_calls(), "run: python tests/test_simulate.py"
 
 
-EXPECTED = [
-    "receivedTheCall didNumber=0443334000 externalNumber=0670219424 internalNumber=801 callType=0",
-    "answeredTheCall didNumber=0443334000 externalNumber=0670219424 internalNumber=801 callType=0",
-    "hangupTheCall billsec=3",
-    "receivedTheCall didNumber=0443334001 externalNumber=0670219425 internalNumber=600 callType=0",
-    "answeredTheCall didNumber=0443334001 externalNumber=0670219425 internalNumber=802 callType=0",
-    "hangupTheCall billsec=2",
-    "receivedTheCall didNumber=0443334002 externalNumber=0670219426 internalNumber=803 callType=0",
-    "hangupTheCall billsec=0",
-    "receivedTheCall externalNumber=0670219424 internalNumber=904 callType=1",
-    "answeredTheCall externalNumber=0670219424 internalNumber=904 callType=1",
-    "hangupTheCall billsec=2",
+EXPECTED = [  # the CRM document's keys, companyID (not configured: empty), then Binotel's extra keys
+    "receivedTheCall didNumber=0443334000 externalNumber=0670219424 internalNumber=801 callType=0 companyID= "
+    "pbxNumber=0443334000 did=0443334000 srcNumber=0670219424",
+    "answeredTheCall didNumber=0443334000 externalNumber=0670219424 internalNumber=801 callType=0 companyID= "
+    "pbxNumber=0443334000",
+    "hangupTheCall billsec=3 companyID= disposition=ANSWER",
+    "receivedTheCall didNumber=0443334001 externalNumber=0670219425 internalNumber=600 callType=0 companyID= "
+    "pbxNumber=0443334001 did=0443334001 srcNumber=0670219425",
+    "answeredTheCall didNumber=0443334001 externalNumber=0670219425 internalNumber=802 callType=0 companyID= "
+    "pbxNumber=0443334001",
+    "hangupTheCall billsec=2 companyID= disposition=ANSWER",
+    "receivedTheCall didNumber=0443334002 externalNumber=0670219426 internalNumber=803 callType=0 companyID= "
+    "pbxNumber=0443334002 did=0443334002 srcNumber=0670219426",
+    "hangupTheCall billsec=0 companyID= disposition=CANCEL",
+    "receivedTheCall externalNumber=0670219424 internalNumber=904 callType=1 companyID=",
+    "answeredTheCall externalNumber=0670219424 internalNumber=904 callType=1 companyID=",
+    "hangupTheCall billsec=2 companyID= disposition=ANSWER",
 ]
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from clinica_asterisk.delivery import OneShotTransport, PushSender, SessionTransport
+from clinica_asterisk.delivery import KeepAliveTransport, OneShotTransport, PushSender
 
 PAYLOAD = {"didNumber": "0443334000", "externalNumber": "+380670219424", "internalNumber": "801",
            "generalCallID": "1795715093000", "callType": "0", "companyID": "3041",
@@ -10,14 +10,14 @@ PAYLOAD = {"didNumber": "0443334000", "externalNumber": "+380670219424", "intern
 
 
 @pytest.mark.parametrize("push_format", ["form", "json"])
-@pytest.mark.parametrize("transport", [SessionTransport, OneShotTransport])
+@pytest.mark.parametrize("transport", [KeepAliveTransport, OneShotTransport])
 def test_both_transports_deliver_the_same_fields(push_format, transport, crm):
     attempt = PushSender(crm.url, push_format, transport()).post(PAYLOAD, 5)
     assert attempt.ok and attempt.detail == "HTTP 200"
     assert crm.pushes() == [PAYLOAD]
 
 
-@pytest.mark.parametrize("transport", [SessionTransport, OneShotTransport])
+@pytest.mark.parametrize("transport", [KeepAliveTransport, OneShotTransport])
 def test_an_error_status_or_a_closed_port_is_a_failed_attempt(transport, failing_crm, closed_port_url):
     assert PushSender(failing_crm.url, "form", transport()).post(PAYLOAD, 5).detail == "HTTP 500"
     refused = PushSender(closed_port_url, "form", transport()).post(PAYLOAD, 5)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 MAX_ENV_LINES = 128
 MAX_LINE_BYTES = 16384
+MAX_ENV_BYTES = 32 * 1024
 # The script name under which the stage comes as the first argument.
 GENERIC_SCRIPT = "clinica-agi"
 

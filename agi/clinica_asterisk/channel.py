@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Sequence
 from asterisk.agi import AGI, AGIException
 
 from .agi_reply import Reply, as_expression, batch_expression, parse_reply, reply_code, split_batch
-from .agi_request import MAX_LINE_BYTES, AgiRequest, EnvBlockError, parse_env_block
+from .agi_request import (MAX_ENV_BYTES, MAX_ENV_LINES, MAX_LINE_BYTES, AgiRequest, EnvBlockError,
+                          parse_env_block, parse_env_line)
 from .deadline import Deadline, DeadlineExceeded
 
 
@@ -40,6 +41,12 @@ class ChannelClosed(EOFError):
     """Asterisk closed the stream."""
 
 
+class LineTooLong(ChannelClosed):
+    """The peer sent a line longer than any Asterisk sends.  It is not buffered whole, and
+    what follows it cannot be read as answers: the session is over (every later read or
+    write says so)."""
+
+
 class LineStream:
     """Bounded, deadline-aware line reads and writes over two file descriptors."""
 
@@ -47,6 +54,7 @@ class LineStream:
         self.read_fd = read_fd
         self.write_fd = write_fd
         self._buffer = bytearray()
+        self._broken = ""
         self.deadline: Optional[Deadline] = None
 
     def _wait(self, fd: int, for_write: bool) -> None:
@@ -57,25 +65,37 @@ class LineStream:
         if not poller.poll(None if timeout is None else max(1, int(timeout * 1000))):
             raise DeadlineExceeded("waiting for Asterisk")
 
-    def readline(self) -> str:
+    def _raw_line(self, limit: int) -> bytes:
+        """The next line with its newline.  Never more than ``limit`` + 1 bytes are held for
+        it: a longer line breaks the stream (:class:`LineTooLong`)."""
+        if self._broken:
+            raise LineTooLong(self._broken)
         while True:
-            end = self._buffer.find(b"\n")
+            end = self._buffer.find(b"\n", 0, limit + 1)
             if end >= 0:
-                line = bytes(self._buffer[:end])
+                line = bytes(self._buffer[:end + 1])
                 del self._buffer[: end + 1]
-                return line.rstrip(b"\r").decode("utf-8", "replace")
-            if len(self._buffer) > MAX_LINE_BYTES:
-                raise EnvBlockError(f"line longer than {MAX_LINE_BYTES} bytes")
+                return line
+            if len(self._buffer) > limit:
+                self._broken = f"the peer sent a line longer than {limit} bytes"
+                self._buffer = bytearray()
+                raise LineTooLong(self._broken)
             self._wait(self.read_fd, for_write=False)
             try:
-                chunk = os.read(self.read_fd, 4096)
+                chunk = os.read(self.read_fd, min(4096, limit + 1 - len(self._buffer)))
             except ConnectionResetError:
                 chunk = b""
             if not chunk:
                 raise ChannelClosed("Asterisk closed the AGI stream")
             self._buffer += chunk
 
+    def readline(self, limit: int = MAX_LINE_BYTES) -> str:
+        """One line, without its end; :class:`LineTooLong` past ``limit`` bytes."""
+        return self._raw_line(limit).rstrip(b"\n").rstrip(b"\r").decode("utf-8", "replace")
+
     def write(self, text: str) -> None:
+        if self._broken:
+            raise LineTooLong(self._broken)
         data = memoryview(text.encode("utf-8"))
         while data:
             self._wait(self.write_fd, for_write=True)
@@ -86,15 +106,25 @@ class LineStream:
             data = data[sent:]
 
     def read_request(self) -> AgiRequest:
-        """The env block: ``agi_key: value`` lines up to an empty line."""
+        """The env block: ``agi_key: value`` lines up to an empty line.  Each line is
+        checked as it comes (garbage ends the session at its first line, not at the session
+        timeout), and no more than :data:`MAX_ENV_BYTES` are read in all."""
         lines: List[str] = []
+        left = MAX_ENV_BYTES
         while True:
-            line = self.readline()
+            try:
+                raw = self._raw_line(min(MAX_LINE_BYTES, left))
+            except LineTooLong:
+                raise EnvBlockError(f"env block longer than {MAX_ENV_BYTES} bytes, or a line longer "
+                                    f"than {MAX_LINE_BYTES}") from None
+            left -= len(raw)
+            line = raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "replace")
             if line == "":
                 return AgiRequest(parse_env_block(lines))
+            if len(lines) == MAX_ENV_LINES:
+                raise EnvBlockError(f"env block longer than {MAX_ENV_LINES} lines")
+            parse_env_line(line)
             lines.append(line)
-            if len(lines) > 512:  # parse_env_block names the real limit
-                return AgiRequest(parse_env_block(lines))
 
 
 def one_line(value: object) -> str:
@@ -157,7 +187,7 @@ class AgiChannel(AGI):
         line = self._answer_line()
         usage: List[str] = []
         if line.startswith("520-"):  # a usage text, up to its closing "520 " line
-            while len(usage) < 100:
+            while len(usage) < 100 and sum(map(len, usage)) < MAX_LINE_BYTES:
                 usage.append(self._answer_line())
                 if reply_code(usage[-1]) == 520 and not usage[-1].startswith("520-"):
                     break

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 SYSTEM_ENV_FILE = "/etc/clinica-asterisk/.env"
+# C0 controls and DEL, but tab, CR and LF (which an env file is made of).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# In a value, which is one line, none at all.
+_CONTROL_IN_VALUE = re.compile("[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 DEFAULTS: Dict[str, str] = {
     # Push events (PBX -> CRM)
@@ -22,6 +28,7 @@ DEFAULTS: Dict[str, str] = {
     "CLINICA_PUSH_FORMAT": "form",
     "CLINICA_COMPANY_ID": "",
     "CLINICA_TRANSFER_PAIR": "yes",
+    "CLINICA_PUSH_EXTRA_KEYS": "yes",
     "CLINICA_HOOK_DEADLINE_MS": "2000",
     "CLINICA_DELIVER_TIMEOUT_MS": "10000",
     "CLINICA_DELIVER_MAX_BACKOFF_S": "300",
@@ -29,6 +36,7 @@ DEFAULTS: Dict[str, str] = {
     "CLINICA_NUMBER_FORMAT": "national",
     "CLINICA_COUNTRY_CODE": "380",
     "CLINICA_TRUNK_PREFIX": "0",
+    "CLINICA_TRUNK_NUMBERS": "",
     # Storage and logs
     "CLINICA_DATA_DIR": "./clinica-data",
     "CLINICA_PBX_ID": "",
@@ -82,12 +90,14 @@ class Settings:
     push_format: str
     company_id: str
     transfer_pair: bool
+    push_extra_keys: bool
     hook_deadline_s: float
     deliver_timeout_s: float
     deliver_max_backoff_s: float
     number_format: str
     country_code: str
     trunk_prefix: str
+    trunk_numbers: Mapping[str, str]
     data_dir: str
     pbx_id: str
     log_level: str
@@ -136,13 +146,39 @@ def find_env_file(environ: Mapping[str, str]) -> Optional[str]:
     return None
 
 
+# An env file is a few dozen lines; anything much larger is not one.
+MAX_ENV_FILE_BYTES = 1 << 20
+
+
+def env_file_text(path: str, raw: bytes) -> str:
+    """The text of an env file, or :class:`ConfigError` naming the file and the line: it
+    must be UTF-8 (a byte order mark is allowed) without control characters.  Pure."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                          "save the file as UTF-8") from None
+    bad = _CONTROL.search(text)
+    if bad:
+        line = text[:bad.start()].count("\n") + 1
+        raise ConfigError(f"{path}: line {line} holds a control character (U+{ord(bad.group()):04X})")
+    return text
+
+
 def read_env_file(path: str) -> Dict[str, str]:
+    import io
+
     from dotenv import dotenv_values  # imported here: only start-up needs it
 
     try:
-        values = dotenv_values(path)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_ENV_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration file: {exc.strerror}") from exc
+    if len(raw) > MAX_ENV_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_ENV_FILE_BYTES} bytes: not a configuration file")
+    values = dotenv_values(stream=io.StringIO(env_file_text(path, raw)))
     return {k: v for k, v in values.items() if k.startswith("CLINICA_") and v is not None}
 
 
@@ -186,13 +222,35 @@ def _digits(values, key, min_len, max_len, allow_empty=False):
     return raw
 
 
+def url_problem(url: str) -> Optional[str]:
+    """Why an HTTP client could not use ``url``, or None.  Pure.  The answer never quotes
+    the URL: it may hold a password or a token."""
+    if not url.isascii():
+        return "it holds characters that are not ASCII (percent-encode them; a host name in its xn-- form)"
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        return "it holds a space or a control character (percent-encode a space as %20)"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "it is not a URL (a bracketed IPv6 address not closed?)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "it must start with http:// or https:// and name a host"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "the port is not a number from 1 to 65535"
+    return None
+
+
 def _url(values, key, allow_empty=False):
     raw = values[key].strip()
     if allow_empty and raw == "":
         return raw
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{key}: must be an http:// or https:// URL; got {raw!r}")
+    problem = url_problem(raw)
+    if problem:
+        raise ConfigError(f"{key}: must be an http:// or https:// URL; {problem}")
     return raw
 
 
@@ -254,6 +312,21 @@ def _freepbx_db(values, key):
     return raw
 
 
+def _trunk_numbers(values, key):
+    """``trunk id:number`` pairs, comma-separated (``1:0443334000,2:+380443334001``): the
+    number each FreePBX trunk presents, for ``trunkNumber``."""
+    raw = values[key].strip()
+    numbers = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        trunk, sep, number = (p.strip() for p in item.partition(":"))
+        if not (sep and trunk.isascii() and trunk.isdigit() and len(trunk) <= 6
+                and re.fullmatch(r"\+?[0-9]{3,15}", number)):
+            raise ConfigError(f"{key}: must be a comma-separated list of trunk-id:number pairs "
+                              f"(1:0443334000,2:+380443334001); got {item!r}")
+        numbers[trunk] = number
+    return numbers
+
+
 def _level(values, key):
     value = values[key].strip().upper()
     allowed = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -262,21 +335,33 @@ def _level(values, key):
     return value
 
 
+def _check_text(values: Mapping[str, str]) -> None:
+    """Every value is text a file name, a header or a log line can hold (not echoed: it
+    may be a secret).  The environment may hand over bytes that are not UTF-8."""
+    for key in sorted(values):
+        value = values[key]
+        if not isinstance(value, str) or _CONTROL_IN_VALUE.search(value) or _SURROGATE.search(value):
+            raise ConfigError(f"{key}: must be UTF-8 text without control characters")
+
+
 def build_settings(values: Mapping[str, str], source: str = "") -> Settings:
     unknown = sorted(k for k in values if k.startswith("CLINICA_") and k not in DEFAULTS and k != "CLINICA_ENV_FILE")
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown setting (known: see .env.example)")
+    _check_text({k: v for k, v in values.items() if k.startswith("CLINICA_")})
     return Settings(
         crm_push_url=_url(values, "CLINICA_CRM_PUSH_URL"),
         push_format=_choice(values, "CLINICA_PUSH_FORMAT", ("form", "json")),
         company_id=_digits(values, "CLINICA_COMPANY_ID", 1, 18, allow_empty=True),
         transfer_pair=_choice(values, "CLINICA_TRANSFER_PAIR", ("yes", "no")) == "yes",
+        push_extra_keys=_choice(values, "CLINICA_PUSH_EXTRA_KEYS", ("yes", "no")) == "yes",
         hook_deadline_s=_int(values, "CLINICA_HOOK_DEADLINE_MS", 100, 30000) / 1000.0,
         deliver_timeout_s=_int(values, "CLINICA_DELIVER_TIMEOUT_MS", 100, 120000) / 1000.0,
         deliver_max_backoff_s=float(_int(values, "CLINICA_DELIVER_MAX_BACKOFF_S", 1, 86400)),
         number_format=_choice(values, "CLINICA_NUMBER_FORMAT", ("national", "e164", "raw")),
         country_code=_digits(values, "CLINICA_COUNTRY_CODE", 1, 3),
         trunk_prefix=_digits(values, "CLINICA_TRUNK_PREFIX", 0, 2, allow_empty=True),
+        trunk_numbers=_trunk_numbers(values, "CLINICA_TRUNK_NUMBERS"),
         data_dir=os.path.abspath(values["CLINICA_DATA_DIR"].strip() or "."),
         pbx_id=values["CLINICA_PBX_ID"].strip(),
         log_level=_level(values, "CLINICA_LOG_LEVEL"),

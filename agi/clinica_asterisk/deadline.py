@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 
 class DeadlineExceeded(Exception):
@@ -10,9 +11,11 @@ class DeadlineExceeded(Exception):
 
 
 class Deadline:
-    def __init__(self, seconds: float, clock=time.monotonic):
+    """``seconds`` from ``started`` (on ``clock``; default: now)."""
+
+    def __init__(self, seconds: float, clock=time.monotonic, started: Optional[float] = None):
         self._clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started
         self.at = self.started + seconds
 
     def remaining(self) -> float:

@@ -451,7 +451,10 @@ def _spare_descriptor() -> Optional[int]:
 
 
 def _sender(settings: Settings) -> PushSender:
-    return PushSender(settings.crm_push_url, settings.push_format, KeepAliveTransport())
+    # A slow CRM's pushes go on after their hooks: as many at most as sessions, so that
+    # they hold a bounded number of threads and connections (the next hook queues).
+    return PushSender(settings.crm_push_url, settings.push_format, KeepAliveTransport(),
+                      max_in_flight=settings.fastagi_pool)
 
 
 def _no_delay(conn: socket.socket) -> None:

@@ -25,11 +25,11 @@ from .channel import AgiChannel, ChannelClosed
 from .config import Settings
 from .deadline import Deadline, DeadlineExceeded
 from .dial_options import dial_string_with_answer_routine, dial_targets, with_answer_routine
-from .delivery import LEASE_MARGIN_S, RESERVE_S, PushSender, send_leased_events
+from .delivery import CUT_GRACE_S, LEASE_MARGIN_S, RESERVE_S, PushSender, send_leased_events
 from .events import build_payload, wanted_events
 from .outbox import Outbox, OutboxEvent, lease_owner
 from .phone import digits_of
-from .store import Store, StoreError
+from .store import Store, StoreError, call_id_from_text
 
 log = logging.getLogger("clinica_asterisk.hook")
 
@@ -245,9 +245,9 @@ def _known_call_id(services: HookServices, channel: AgiChannel, stage: str, fact
     """What finding the call needs from the channel, read before the write transaction: an
     AGI round trip must never hold the store's write lock (every other hook would wait on
     it).  The call named by CLINICA_CALLID, if it exists; else the facts to find it by."""
-    callid = channel.variable(CALLID_VARIABLE)
-    if callid.isdigit() and services.store.call(int(callid)) is not None:
-        return int(callid)  # calls are never deleted: it is still there in the transaction
+    callid = call_id_from_text(channel.variable(CALLID_VARIABLE))
+    if callid is not None and services.store.call(callid) is not None:
+        return callid  # calls are never deleted: it is still there in the transaction
     if stage in FALLBACK_STAGES and "linkedid" not in facts:
         facts.update(_fallback_facts(channel, stage))
     return None
@@ -286,7 +286,8 @@ def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: S
         for key in wanted_events(plan.events, services.settings.transfer_pair):
             # One event per key and call: the outbox ignores a second one.  The hook
             # sends it itself right after; the worker takes over only if it could not.
-            if services.outbox.enqueue(call_id, key, build_payload(key, after, services.settings.company_id),
+            if services.outbox.enqueue(call_id, key, build_payload(key, after, services.settings.company_id,
+                                                                         services.settings.push_extra_keys),
                                        not_before=services.store.clock() + services.settings.hook_deadline_s):
                 queued += 1
         leased, leased_all = [], False
@@ -313,11 +314,15 @@ def run_hook(request: AgiRequest, channel: AgiChannel, services: HookServices, d
             result = HookResult(stage or "?", NOTFOUND, detail=f"unknown stage {stage!r}; known: {', '.join(sorted(HANDLERS))}")
         else:
             services.store.set_busy_timeout(max(0.05, deadline.remaining() - RESERVE_S))
-            result = apply_stage(services, channel, stage, args, deadline.remaining() + LEASE_MARGIN_S)
+            # A push the CRM is slow to answer goes on after the hook, for the transport's
+            # whole limit; the lease covers it, so nobody sends the event again meanwhile.
+            attempt_s = services.settings.deliver_timeout_s
+            result = apply_stage(services, channel, stage, args,
+                                 deadline.remaining() + attempt_s + CUT_GRACE_S + LEASE_MARGIN_S)
             if result.status == QUEUED:
                 until = time.monotonic() + deadline.remaining() - RESERVE_S
                 if send_leased_events(services.outbox, services.sender, result.leased, until,
-                                      services.settings.deliver_max_backoff_s) and result.leased_all:
+                                      services.settings.deliver_max_backoff_s, attempt_s) and result.leased_all:
                     result.status = SENT
     except DeadlineExceeded as exc:
         result.detail = f"deadline reached while {exc}"

@@ -24,6 +24,9 @@ def configure(level: str, log_file: str = "", default_file: Optional[str] = None
         except OSError:
             handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
+    # A log that cannot be written (a full disk) loses its lines, and says nothing on
+    # stderr: in script mode that is Asterisk's console.
+    logging.raiseExceptions = False
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -1,13 +1,14 @@
 """The durable outbox of push events.
 
 Every event is written here *before* anyone tries to send it; a delivery attempt only
-marks it delivered.  So a process killed at any moment loses nothing, and at most the one
-event whose answer was in flight is sent again.
+marks it delivered.  So a process killed at any moment loses nothing, and sends again
+only the events whose POST it cut, each once.
 
 Order: events of one call go out in the order they were written.  Only the oldest
 undelivered event of a call (its *head*) may be sent; a sender first *leases* it, so two
-processes never send the same event at once.  A lease ends when its time is up, or at
-once when its owner is a process on this host that no longer exists.
+processes never send the same event at once.  A lease covers an attempt to its very end,
+also one its hook stopped waiting for (:mod:`.delivery`); it ends when its time is up, or
+at once when its owner is a process on this host that no longer exists.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def owner_is_gone(owner: Optional[str]) -> bool:
     if not owner:
         return True
     host, _, pid = owner.rpartition(":")
-    if host != HOST or not pid.isdigit():
+    if host != HOST or not (pid.isascii() and pid.isdigit()):
         return False
     try:
         os.kill(int(pid), 0)
@@ -165,14 +166,30 @@ class Outbox:
             "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL, last_error = NULL WHERE id = ?",
             (self.store.clock(), event_id))
 
-    def mark_failed(self, event_id: int, error: str, max_backoff_s: float) -> None:
+    def mark_failed(self, event_id: int, error: str, max_backoff_s: float, owners: Sequence[str] = ()) -> bool:
+        """The attempt failed: due again after the backoff.  With ``owners``, only while one
+        of them holds the lease (an outcome that comes late must not undo what another
+        sender did since); False when nothing was changed."""
         now = self.store.clock()
         with self.store.transaction() as conn:
-            (attempts,) = conn.execute("SELECT attempts FROM outbox WHERE id = ?", (event_id,)).fetchone()
-            attempts += 1
+            row = conn.execute("SELECT attempts, lease_owner, delivered_at FROM outbox WHERE id = ?",
+                               (event_id,)).fetchone()
+            if row is None or row["delivered_at"] is not None:
+                return False
+            if owners and row["lease_owner"] is not None and row["lease_owner"] not in owners:
+                return False
+            attempts = row["attempts"] + 1
             conn.execute(
                 "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
                 (attempts, now + backoff_s(attempts, max_backoff_s), error[:500], event_id))
+        return True
+
+    def hand_over(self, event_id: int, from_owner: str, to_owner: str) -> bool:
+        """The lease of an event passes to another owner (the process that carries its
+        attempt on); False when ``from_owner`` no longer held it."""
+        return bool(self.store.write(
+            "UPDATE outbox SET lease_owner = ? WHERE id = ? AND lease_owner = ? AND delivered_at IS NULL",
+            (to_owner, event_id, from_owner)))
 
     def backlog(self) -> Tuple[int, Optional[float]]:
         """How many events wait, and when the oldest of them was written."""

@@ -242,7 +242,8 @@ class Reconciler:
             self.store.update_call(call_id, closing.changes)
             ended = {**call, **closing.changes}
             for key in closing.events:
-                self.outbox.enqueue(call_id, key, build_payload(key, ended, self.settings.company_id))
+                self.outbox.enqueue(call_id, key, build_payload(key, ended, self.settings.company_id,
+                                                                       self.settings.push_extra_keys))
         log.info("reconcile call=%s outcome=closed disposition=%s billsec=%d events=%s", call_id,
                  closing.changes["disposition"], closing.changes["billsec"], ",".join(closing.events) or "none")
         return True

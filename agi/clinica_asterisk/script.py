@@ -10,9 +10,39 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+
+# The fallback for process_started(): as early as this process runs code of ours.
+_IMPORTED_AT = time.monotonic()
+
+
+def start_ticks(stat: str) -> int:
+    """The start time (field 22, clock ticks after boot) in a /proc/<pid>/stat line.  The
+    command name (field 2) is in parentheses and may hold spaces and parentheses itself."""
+    return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
+def process_started() -> float:
+    """When Asterisk started this process (its fork), on the monotonic clock: Python's own
+    start-up and the imports are part of the call's wait.  Linux's start time is counted
+    on the boot clock, in ticks (10 ms: the deadline may start that much early, never
+    late); without /proc, the moment this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = start_ticks(f.read())
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED_AT
+    now = time.monotonic()
+    return now - age if 0 <= age < 3600 else _IMPORTED_AT
+
+
+# What an overloaded host's hook still gets after a start-up that ate its deadline.
+STORE_FLOOR_S = 0.3
 
 
 def main() -> int:
+    started = process_started()
     # Asterisk sends SIGHUP when the caller hangs up; the hook must still finish its
     # bookkeeping (the default action would kill it half-way).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -20,27 +50,31 @@ def main() -> int:
     from .deadline import Deadline
 
     try:
-        settings = load_settings()
-        error = None
+        settings, error = load_settings(), ""
     except ConfigError as exc:
-        settings, error = None, exc
+        settings, error = None, str(exc)
+    except Exception as exc:  # a bug reading the settings must not cost the call
+        settings, error = None, f"cannot read the settings ({type(exc).__name__})"
     deadline_s = settings.hook_deadline_s if settings else 2.0
 
     from .channel import AgiChannel, LineStream
     from .hooks import FAILED, HookResult, finish
 
     stream = LineStream(sys.stdin.fileno(), sys.stdout.fileno())
-    # Asterisk has written the env block before the script starts; reading it gets its own
-    # limit.  The hook's deadline starts after it: on a host so loaded that Python start-up
-    # alone eats the deadline, the hook still stores its events (and sends them later)
-    # instead of giving up on them.
-    stream.deadline = Deadline(deadline_s)
+    # The deadline is what the call waits: it counts from the process's start, and reading
+    # the env block (written by Asterisk before it started us) is part of it.  On a host so
+    # loaded that start-up alone ate it, the hook still gets STORE_FLOOR_S to read the facts
+    # and store the call's events, which the worker then sends: the call waits that much
+    # longer once, and the CRM still hears of the call.
+    deadline = Deadline(deadline_s, started=started)
+    if deadline.remaining() < STORE_FLOOR_S:
+        deadline = Deadline(STORE_FLOOR_S)
+    stream.deadline = deadline
     try:
         request = stream.read_request()
     except Exception as exc:
         sys.stderr.write(f"clinica-agi: no AGI session on stdin ({type(exc).__name__}: {exc})\n")
         return 0
-    deadline = Deadline(deadline_s)
     channel = AgiChannel(stream, deadline)
 
     from . import logs
@@ -54,11 +88,14 @@ def main() -> int:
                    default_file=os.path.join(settings.data_dir, "clinica-agi.log"))
 
     from .delivery import OneShotTransport
+    from .handoff import ForkingSender
     from .hooks import HookServices, run_hook
     from .store import StoreError
 
     try:
-        services = HookServices.open(settings, transport=OneShotTransport())
+        # A push the CRM is slow to answer goes on in a child process after the hook.
+        sender = ForkingSender(settings.crm_push_url, settings.push_format, OneShotTransport())
+        services = HookServices.open(settings, sender=sender)
     except StoreError as exc:
         finish(channel, deadline, HookResult(request.stage_and_args[0] or "?", FAILED, detail=str(exc)))
         return 0

@@ -78,6 +78,14 @@ MIGRATIONS = (
     ALTER TABLE calls ADD COLUMN pending_transfer TEXT NOT NULL DEFAULT '';
     ALTER TABLE calls ADD COLUMN pre_answered INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the API's stats methods.  Calls by time (list-of-calls-per-day, the lost calls,
+    # by employee), by direction and time (incoming/outgoing for a period or since), and
+    # the calls still up (online-calls; a partial index holds only those).
+    """
+    CREATE INDEX IF NOT EXISTS calls_by_start ON calls (started_at);
+    CREATE INDEX IF NOT EXISTS calls_by_direction_start ON calls (direction, started_at);
+    CREATE INDEX IF NOT EXISTS calls_online ON calls (started_at) WHERE ended_at IS NULL;
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -91,6 +99,18 @@ CALL_FIELDS = (
 
 class StoreError(RuntimeError):
     """The database could not be opened or written."""
+
+
+# A call id is a positive SQLite INTEGER (a signed 64-bit number).
+MAX_CALL_ID = 2 ** 63 - 1
+
+
+def call_id_from_text(text: str) -> Optional[int]:
+    """The call id ``text`` spells in ASCII digits (no sign, no space), or None.  Pure."""
+    if not (text and text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_CALL_ID else None
 
 
 def connect(path: str, busy_timeout_s: float = 2.0) -> sqlite3.Connection:

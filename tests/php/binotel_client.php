@@ -10,6 +10,10 @@
 //   php binotel_client.php post BASE KEY SECRET < {"method": ..., "params": {...}}
 //                                                   POST BASE/<method>.json like the client;
 //                                                   prints {"http", "answer", "verified"}
+//   php binotel_client.php read < answer            reads an answer the way Binotel's samples
+//                                                   and CRMs written against them do, with
+//                                                   every notice or warning an exception;
+//                                                   prints what they would have found
 
 function sign_params(array $params, string $secret): array {
     ksort($params);
@@ -90,6 +94,58 @@ if ($mode === 'vectors') {
     [$ok, $signed] = answer_verifies((string)$answer, $secret);
     echo json_encode(['http' => (int)($status[1] ?? 0), 'answer' => json_decode((string)$answer, true),
                       'verified' => $ok]), "\n";
+} elseif ($mode === 'read') {
+    // PHP 8 turns what a CRM does wrong with a wrong shape into warnings (an undefined key)
+    // or TypeErrors (a string used as an array); here every one of them is fatal.
+    set_error_handler(function ($no, $message, $file, $line) {
+        throw new ErrorException($message, 0, $no, $file, $line);
+    });
+    date_default_timezone_set('UTC');
+    $result = json_decode(stream_get_contents(STDIN), true);
+    $out = [];
+    if ($result['status'] === 'success') {
+        if (isset($result['callDetails'])) {
+            // samples: "if (count($result['callDetails']) >= 2000) ... the period is too long"
+            $out['count'] = count($result['callDetails']);
+            $out['calls'] = [];
+            foreach ($result['callDetails'] as $generalCallID => $callData) {
+                // the samples' file name of a recording
+                $name = date('d-m-Y_H-i', $callData['startTime']) . '_' . ($callData['callType'] === '0'
+                    ? $callData['srcNumber'] . '_incoming'
+                    : $callData['dstNumbers'][0]['dstNumber'] . '_outgoing');
+                $attempts = [];
+                foreach ($callData['dstNumbers'] as $dst) {
+                    $attempts[] = $dst['dstNumber'] . ':' . $dst['disposition'] . ':' . $dst['billsec'];
+                }
+                $out['calls'][] = [
+                    'id' => $result['callDetails'][$generalCallID]['generalCallID'],
+                    'disposition' => $callData['disposition'],
+                    'recording' => $name,
+                    'seconds' => $callData['waitsec'] + (int)$callData['billsec'],
+                    'employee' => $callData['employeeName'],
+                    'customer' => $callData['customerData'],
+                    'attempts' => implode(',', $attempts),
+                    'trunk' => $callData['trunkNumber'],
+                    'company' => $callData['companyID'],
+                ];
+            }
+        }
+        if (isset($result['listOfEmployees'])) {
+            $out['employees'] = [];
+            foreach ($result['listOfEmployees'] as $id => $info) {
+                $online = $info['presenceState'] == 'active' && $info['extStatus']['status'] == 'online'
+                    && $info['endpointData']['status']['status'] == 'online';
+                $out['employees'][] = [$id, $info['endpointData']['internalNumber'], $info['name'], $info['email'],
+                                       $online];
+            }
+        }
+        if (isset($result['generalCallID'])) {
+            $out['generalCallID'] = $result['generalCallID'];
+        }
+    } else {
+        $out['error'] = sprintf('REST API error %s: %s', $result['code'], $result['message']);
+    }
+    echo json_encode($out, JSON_UNESCAPED_UNICODE), "\n";
 } else {
     fwrite(STDERR, "usage: see the comment at the top\n");
     exit(2);

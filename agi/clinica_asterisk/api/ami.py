@@ -176,6 +176,23 @@ class TimedManager(Manager):
         self._raw.close()
 
 
+class SessionLimit:
+    """At most ``size`` sessions with the manager at once.  A manager that does not answer
+    holds each session for its time limit; without a bound, clicks on such a manager would
+    take every worker of the API, and a signed call-details would wait behind them."""
+
+    def __init__(self, size: int, wait_s: float):
+        self.size = size
+        self.wait_s = wait_s
+        self._free = threading.BoundedSemaphore(size)
+
+    def acquire(self) -> bool:
+        return self._free.acquire(timeout=self.wait_s)
+
+    def release(self) -> None:
+        self._free.release()
+
+
 @dataclass
 class AmiClient:
     host: str
@@ -184,6 +201,8 @@ class AmiClient:
     secret: str = field(repr=False)
     timeout_s: float = 5.0
     manager_factory: Callable[[float], TimedManager] = TimedManager
+    # Shared by the copies dataclasses.replace() makes (a shorter timeout for one use).
+    sessions: Optional[SessionLimit] = None
 
     def send(self, action: Dict[str, HeaderValue]) -> Dict[str, str]:
         """Log in, send one action, log off.  The response's headers on success."""
@@ -203,6 +222,17 @@ class AmiClient:
                 # The last guard against header injection; callers validate first.
                 if any(ch in str(item) for ch in "\r\n\0"):
                     raise ValueError(f"AMI header {name} holds a line break")
+        if self.sessions is None:
+            return self._run(action, complete_event)
+        if not self.sessions.acquire():
+            raise AmiTimeout(f"the manager is busy: {self.sessions.size} sessions with it are under way")
+        try:
+            return self._run(action, complete_event)
+        finally:
+            self.sessions.release()
+
+    def _run(self, action: Dict[str, HeaderValue],
+             complete_event: Optional[str]) -> Tuple[Dict[str, str], List[Dict[str, str]]]:
         manager = self.manager_factory(self.timeout_s)
         events: List[Dict[str, str]] = []
         complete = threading.Event()
@@ -234,13 +264,13 @@ class AmiClient:
         return headers, list(events)
 
 
-def ami_client(settings: Settings) -> Optional[AmiClient]:
+def ami_client(settings: Settings, sessions: Optional[SessionLimit] = None) -> Optional[AmiClient]:
     """The manager as configured; None when no AMI user is (click-to-call and the
     reconciler's look at the live channels are then off)."""
     if not settings.ami_user:
         return None
     return AmiClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret,
-                     settings.ami_timeout_s)
+                     settings.ami_timeout_s, sessions=sessions)
 
 
 def _list_collector(action_id: str, complete_event: str, events: List[Dict[str, str]],

@@ -9,6 +9,7 @@ are plain GETs from the CRM user's browser.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -21,14 +22,17 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from flask import Flask, Response, request, send_file
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
+from ..call_flow import NumberFormat
 from ..config import Settings
-from ..store import StoreError
-from . import call_details, click_to_call, recordings
-from .ami import AmiClient, ami_client
+from ..reconcile import LIST_ACTION, LIST_END, ChannelListError, grace_s, parse_channel_list
+from ..store import MAX_CALL_ID, StoreError
+from . import call_details, click_to_call, employees, hangup, recordings, stats
+from .ami import AmiClient, AmiError, ami_client
 from .auth import answer_secret, authenticate, parse_body
 from .directory import Directory
 from .errors import ApiError, Code
 from .freepbx_db import FreePbxSource, source_for
+from .names import Names, current_names
 from .signature import sign
 from .stores import StorePerThread
 
@@ -39,7 +43,12 @@ METHOD_NAMES = {
     "stats/call-record": "stats/call-record",
     "calls/ext-to-phone": "calls/ext-to-phone",
     "stats/calls/ext-to-phone": "calls/ext-to-phone",
+    "calls/hangup-call": "calls/hangup-call",
+    "settings/list-of-employees": "settings/list-of-employees",
+    **{name: name for name in stats.METHODS},
 }
+# The longest an online-calls request waits for each step of Asterisk's channel list.
+ONLINE_AMI_TIMEOUT_S = 1.0
 _RECORDING = re.compile(r"(?:^|/)recording/([0-9]{1,19})\.([a-z0-9]{1,8})\Z")
 
 
@@ -86,10 +95,48 @@ def _single(args, name: str) -> Optional[str]:
 
 # --- methods: (context, params, prefix) -> answer --------------------------------------
 
-def _call_details(ctx: ApiContext, params: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+def _names(ctx: ApiContext) -> Names:
+    """Employees, DID names and trunk numbers as of now (the directory file, the settings
+    and what was read of FreePBX's database)."""
     s = ctx.settings
-    return call_details.call_details(ctx.stores.get().conn, params, ctx.directory, s.company_id, ctx.clock(),
-                                     ctx.freepbx, s.country_code, s.trunk_prefix)
+    return current_names(ctx.directory, ctx.freepbx, s.country_code, s.trunk_prefix, s.trunk_numbers,
+                         NumberFormat(s.number_format, s.country_code, s.trunk_prefix))
+
+
+def _call_details(ctx: ApiContext, params: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    return call_details.call_details(ctx.stores.get().conn, params, lambda: _names(ctx), ctx.settings.company_id,
+                                     ctx.clock())
+
+
+def _live_channels(ctx: ApiContext):
+    """The ids of Asterisk's live channels, or None when there is no AMI user or it did
+    not answer (then online-calls answers from the store alone)."""
+    if ctx.ami is None:
+        return None
+    ami = dataclasses.replace(ctx.ami, timeout_s=min(ctx.ami.timeout_s, ONLINE_AMI_TIMEOUT_S))
+    try:
+        return parse_channel_list(ami.collect(LIST_ACTION, LIST_END))
+    except (AmiError, ChannelListError) as exc:
+        log.warning("online-calls: Asterisk's channels not listed (%s): answering from the call store alone", exc)
+        return None
+
+
+def _stats(method: str):
+    def run(ctx: ApiContext, params: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+        s = ctx.settings
+        context = stats.StatsContext(ctx.stores.get().conn, lambda: _names(ctx), s.company_id, ctx.clock(),
+                                     s.number_format, s.country_code, s.trunk_prefix, lambda: _live_channels(ctx),
+                                     grace_s(s.ami_timeout_s))
+        return stats.METHODS[method](context, params)
+    return run
+
+
+def _hangup_call(ctx: ApiContext, params: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    return hangup.hangup_call(params, ctx.stores.get(), ctx.ami)
+
+
+def _list_of_employees(ctx: ApiContext, params: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    return employees.list_of_employees(_names(ctx).employees)
 
 
 def _base_url(ctx: ApiContext, prefix: str) -> str:
@@ -114,6 +161,9 @@ METHODS = {
     "stats/call-details": _call_details,
     "stats/call-record": _call_record,
     "calls/ext-to-phone": _ext_to_phone,
+    "calls/hangup-call": _hangup_call,
+    "settings/list-of-employees": _list_of_employees,
+    **{name: _stats(name) for name in stats.METHODS},
 }
 
 
@@ -184,13 +234,16 @@ def create_app(settings: Settings, context: Optional[ApiContext] = None) -> Flas
             log.info("recording call=%s refused: %s", call_id, problem)
             return Response(f"{problem}\n", status=403, mimetype="text/plain")
         try:
-            call = ctx.stores.get().call(call_id)
+            # A link signed for an id no call can have (beyond 64 bits) finds nothing.
+            call = ctx.stores.get().call(call_id) if 0 < call_id <= MAX_CALL_ID else None
         except (StoreError, sqlite3.Error) as exc:
             log.warning("recording call=%s: call store: %s", call_id, exc)
             return Response("the call store is unavailable\n", status=503, mimetype="text/plain")
         path = recordings.recording_path(settings.recordings_dir, call) if call else None
         if path is None or recordings.file_extension(call["recording_file"]) != ext:
             return Response("no such recording\n", status=404, mimetype="text/plain")
+        if not recordings.usable_range(request.headers.get("Range")):
+            request.environ.pop("HTTP_RANGE", None)  # ignored, as RFC 9110 allows: the whole file
         response = send_file(path, mimetype=recordings.content_type(ext), conditional=True, etag=True,
                              max_age=0, download_name=f"{call_id}.{ext}")
         response.headers["Cache-Control"] = "private, max-age=0"
@@ -200,8 +253,9 @@ def create_app(settings: Settings, context: Optional[ApiContext] = None) -> Flas
     def http_error(status: int, code: Code, message: str) -> Response:
         return signed_response(ApiError(code, message, status).answer(), fallback_secret, status)
 
-    @app.route("/", defaults={"path": ""}, methods=["GET", "HEAD", "POST"])
-    @app.route("/<path:path>", methods=["GET", "HEAD", "POST"])
+    # No automatic OPTIONS: it would answer 200 with an empty body; the API says 405.
+    @app.route("/", defaults={"path": ""}, methods=["GET", "HEAD", "POST"], provide_automatic_options=False)
+    @app.route("/<path:path>", methods=["GET", "HEAD", "POST"], provide_automatic_options=False)
     def dispatch(path: str) -> Response:
         method, prefix = resolve_method(path)
         if method is not None:

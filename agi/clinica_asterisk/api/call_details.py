@@ -1,29 +1,35 @@
-"""stats/call-details: the facts of calls by id, from the call store.
+"""stats/call-details: the facts of calls by id, from the call store; and the one entry of
+``callDetails`` that every stats method answers with.
 
-:func:`parse_ids` and :func:`details` are pure; :func:`fetch` is the one query (by primary
-key, with ``isNewCall`` answered by the ``calls_by_external`` index in the same
-statement).  Types follow the seed's example: every value a string except ``waitsec`` (a
-number) and ``dstNumbers`` (a list of strings).  ``customerData`` is the CRM's own
-knowledge and is left out.  Employee names and ``didName`` come from :mod:`.names` (the
-directory file over FreePBX's database).
+:func:`parse_ids`, :func:`details` and :func:`attempts` are pure; :func:`fetch` is the one
+query (by primary key, with ``isNewCall`` answered by the ``calls_by_external`` index in the
+same statement), and :data:`SELECT_CALLS` the same select for the other stats methods.
+Keys, their order and their types are Binotel's (docs/api.md lists them): every value a
+string except ``waitsec`` (a number) and ``dstNumbers`` (a list of objects, one per number
+the call tried, each with ``dstNumber``, ``waitsec``, ``billsec``, ``disposition``,
+``employeeName``, ``employeeEmail``).  ``customerData`` is the CRM's own knowledge: always
+``""``, as Binotel sends it for a client it does not know.  Employee names, ``didName`` and
+``trunkNumber`` come from :mod:`.names` (the directory file and the settings over FreePBX's
+database).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from .directory import Directory, Employee
+from .directory import Employee
 from .errors import ApiError, Code
-from .freepbx_db import FreePbxSource
-from .names import current_names
+from .names import Names
 
 MAX_IDS = 500
 _MAX_ID = 2 ** 63 - 1
 ONLINE = "ONLINE"
 
-_QUERY = """
+# Every stats method selects calls this way (a WHERE clause follows): the row, and whether
+# its client's number was on an earlier call (isNewCall), by the calls_by_external index.
+SELECT_CALLS = """
 SELECT c.*,
        c.external_number != '' AND EXISTS (
            SELECT 1 FROM calls p
@@ -31,8 +37,8 @@ SELECT c.*,
              AND (p.started_at < c.started_at OR (p.started_at = c.started_at AND p.id < c.id))
        ) AS seen_before
 FROM calls c
-WHERE c.id IN ({marks})
 """
+_QUERY = SELECT_CALLS + "WHERE c.id IN ({marks})"
 
 
 def parse_id(value: Any, name: str) -> int:
@@ -69,12 +75,16 @@ def fetch(conn: sqlite3.Connection, ids: Iterable[int]) -> List[Tuple[Dict[str, 
     for start in range(0, len(ids), MAX_IDS):
         chunk = ids[start:start + MAX_IDS]
         rows = conn.execute(_QUERY.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
-        for row in rows:
-            call = dict(row)
-            seen = bool(call.pop("seen_before"))
-            call["dst_numbers"] = json.loads(call["dst_numbers"] or "[]")
-            found.append((call, seen))
+        found.extend(call_and_seen(row) for row in rows)
     return found
+
+
+def call_and_seen(row: sqlite3.Row) -> Tuple[Dict[str, Any], bool]:
+    """A row of :data:`SELECT_CALLS`: the call, and whether its number was seen before."""
+    call = dict(row)
+    seen = bool(call.pop("seen_before"))
+    call["dst_numbers"] = json.loads(call["dst_numbers"] or "[]")
+    return call, seen
 
 
 def _seconds(later: Optional[float], earlier: Optional[float]) -> int:
@@ -92,10 +102,55 @@ def employee_extension(call: Mapping[str, Any]) -> str:
     return call.get("internal_number") or ""
 
 
+def attempts(call: Mapping[str, Any], employees: Mapping[str, Employee], waitsec: int, billsec: int,
+             disposition: str) -> List[Dict[str, Any]]:
+    """``dstNumbers``: one object per number the call tried, in the order they were tried.
+
+    The store keeps what was rung, who answered and who had the client last, not each
+    attempt's own times, so an attempt's fields are derived: ``waitsec`` is the call's;
+    the employee who has (or last had) the client gets the call's ``billsec`` and
+    disposition (``ONLINE`` while it is up), the one who answered and then transferred
+    ``TRANSFER``, the ring group or queue it came through the call's result, and the other
+    numbers rung ``NOANSWER`` when someone else answered, else the call's disposition.  An
+    outgoing call's own extension is its caller, not an attempt."""
+    incoming = call["direction"] == "in"
+    numbers = [str(n) for n in call.get("dst_numbers") or []]
+    if not incoming:
+        numbers = [n for n in numbers if n != (call.get("internal_number") or "")]
+        if not numbers and call.get("external_number"):
+            numbers = [call["external_number"]]  # an outgoing call tried the number dialled
+    answered = bool(call.get("answered_at"))
+    first = call.get("answered_by") or ""
+    last = employee_extension(call) if incoming else (first or (numbers[0] if len(numbers) == 1 else ""))
+    group = (call.get("internal_number") or "") if incoming else ""
+    entries = []
+    for number in numbers:
+        talked, result = 0, disposition
+        if answered and number == last:
+            talked, result = billsec, ("ONLINE" if disposition == ONLINE else "ANSWER")
+        elif answered and number == first and incoming:
+            result = "TRANSFER"
+        elif answered and number == group:
+            talked = billsec
+        elif answered:
+            result = "NOANSWER"
+        employee = employees.get(number)
+        entries.append({
+            "dstNumber": number,
+            "waitsec": waitsec,
+            "billsec": str(talked),
+            "disposition": result,
+            "employeeName": employee.name if employee else "",
+            "employeeEmail": employee.email if employee else "",
+        })
+    return entries
+
+
 def details(call: Mapping[str, Any], seen_before: bool, employees: Mapping[str, Employee],
-            company_id: str, now: float, did_name: str = "") -> Dict[str, Any]:
+            company_id: str, now: float, did_name: str = "", trunk_number: str = "") -> Dict[str, Any]:
     """One entry of ``callDetails``; ``employees`` by extension, ``did_name`` the name of
-    the number an incoming call dialled."""
+    the number an incoming call dialled, ``trunk_number`` the number an outgoing one went
+    out through."""
     incoming = call["direction"] == "in"
     online = call.get("ended_at") is None
     answered_at = call.get("answered_at")
@@ -114,10 +169,6 @@ def details(call: Mapping[str, Any], seen_before: bool, employees: Mapping[str, 
     else:
         disposition = call.get("disposition") or ("ANSWER" if answered_at else "CANCEL")
 
-    dst_numbers = [str(n) for n in call.get("dst_numbers") or []]
-    if not dst_numbers and not incoming and call.get("external_number"):
-        dst_numbers = [call["external_number"]]  # an outgoing call tried the number dialled
-
     return {
         "companyID": company_id,
         "generalCallID": str(call["id"]),
@@ -128,9 +179,10 @@ def details(call: Mapping[str, Any], seen_before: bool, employees: Mapping[str, 
         "internalAdditionalData": f"{group} > " if incoming and answered_at and group and group != extension else "",
         "externalNumber": call.get("external_number") or "",
         "srcNumber": call.get("src_number") or "",
+        "customerData": "",
         "employeeName": employee.name if employee else "",
         "employeeEmail": employee.email if employee else "",
-        "dstNumbers": dst_numbers,
+        "dstNumbers": attempts(call, employees, waitsec, billsec, disposition),
         "waitsec": waitsec,
         "billsec": str(billsec),
         "disposition": disposition,
@@ -138,22 +190,27 @@ def details(call: Mapping[str, Any], seen_before: bool, employees: Mapping[str, 
         "did": (call.get("did") or "") if incoming else "",
         "didNumber": (call.get("did") or "") if incoming else "",
         "didName": did_name if incoming else "",
-        "trunkNumber": "" if incoming else (call.get("trunk") or ""),
+        "trunkNumber": "" if incoming else trunk_number,
     }
 
 
-def call_details(conn: sqlite3.Connection, params: Mapping[str, Any], directory: Optional[Directory],
-                 company_id: str, now: float, freepbx: Optional[FreePbxSource] = None,
-                 country_code: str = "380", trunk_prefix: str = "0") -> Dict[str, Any]:
-    """The whole answer: ``callDetails`` keyed by id (as a string), in the order asked."""
+def entries(found: Iterable[Tuple[Mapping[str, Any], bool]], names: Names, company_id: str,
+            now: float) -> Dict[str, Dict[str, Any]]:
+    """``callDetails``: the entries of ``found`` keyed by id (as a string), in its order."""
+    answer = {}
+    for call, seen in found:
+        incoming = call["direction"] == "in"
+        did_name = names.did_name(call.get("did") or "", call.get("src_number") or "") if incoming else ""
+        trunk_number = "" if incoming else names.trunk_number(call.get("trunk") or "")
+        answer[str(call["id"])] = details(call, seen, names.employees, company_id, now, did_name, trunk_number)
+    return answer
+
+
+def call_details(conn: sqlite3.Connection, params: Mapping[str, Any], names_now: Callable[[], Names],
+                 company_id: str, now: float) -> Dict[str, Any]:
+    """The whole answer: ``callDetails`` keyed by id (as a string), in the order asked.
+    ``names_now`` is asked only when a call was found (it may wait for FreePBX's first read)."""
     ids = parse_ids(params)
     found = {call["id"]: (call, seen) for call, seen in fetch(conn, ids)}
-    names = current_names(directory, freepbx, country_code, trunk_prefix) if found else None
-    entries = {}
-    for i in ids:
-        if i in found:
-            call, seen = found[i]
-            did_name = names.did_name(call.get("did") or "", call.get("src_number") or "") \
-                if call["direction"] == "in" else ""
-            entries[str(i)] = details(call, seen, names.employees, company_id, now, did_name)
-    return {"status": "success", "callDetails": entries}
+    in_order = [found[i] for i in ids if i in found]
+    return {"status": "success", "callDetails": entries(in_order, names_now(), company_id, now) if in_order else {}}

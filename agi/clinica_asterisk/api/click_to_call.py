@@ -13,13 +13,21 @@ the Originate hands the id to the new channels as the inherited variable
 :func:`channel_id`): that uniqueid is the linkedid of every channel of the call, stored
 with it, so :mod:`clinica_asterisk.reconcile` can tell whether Asterisk still has the call
 even when no hook ever ran for it (an extension that never answered).
+
+Binotel's optional parameters (:func:`parse_request`): ``callTimeToExt`` (how long the
+extension rings), ``limitCallTime`` (an absolute time limit on the call's first channel,
+``TIMEOUT(absolute)``, ringing included), ``callerIdForEmployee`` (what the extension's phone
+shows), ``async`` (``FALSE``: the answer waits until the extension takes the call).  What
+Asterisk cannot do here is refused, never ignored: ``playbackWaiting`` ``TRUE`` (no waiting
+message is played) and ``trunkNumber`` (FreePBX's outbound routes choose the trunk).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from ..call_flow import NumberFormat
 from ..config import Settings
@@ -37,6 +45,11 @@ log = logging.getLogger("clinica_asterisk.api.click_to_call")
 EXTENSION = re.compile(r"[0-9]{2,6}")
 PHONE = re.compile(r"\+?[0-9]{3,15}")
 RING_SECONDS = (5, 300)  # accepted range of callTimeToExt
+LIMIT_SECONDS = (1, 86400)  # accepted range of limitCallTime
+# What the extension's phone may be shown instead of the number (callerIdForEmployee):
+# printable, and nothing that ends the quoted name of a CallerID header.
+_CALLER_NAME = re.compile(r'[^"<>\\\x00-\x1f\x7f-\x9f\u2028\u2029]{1,40}')
+_FLAGS = {"TRUE": True, "FALSE": False, "1": True, "0": False}
 # What a uniqueid we give Asterisk may hold: no ';' (Local channels add ';2'), no ',' or '|'
 # (dialplan argument separators), nothing a header or a log line could trip on.
 _NOT_IN_CHANNEL_ID = re.compile(r"[^A-Za-z0-9._-]+")
@@ -60,21 +73,67 @@ _SHAPES = {
 }
 
 
-def parse_request(params: Mapping[str, Any], default_ring_s: int) -> Tuple[str, str, int]:
-    """The extension, the phone number and how long to ring the extension."""
+@dataclasses.dataclass(frozen=True)
+class ClickToCall:
+    """A click-to-call request, checked."""
+
+    ext: str
+    phone: str
+    ring_s: int
+    limit_s: Optional[int] = None  # limitCallTime
+    shown_to_employee: str = ""  # callerIdForEmployee; empty: the phone number
+    wait_for_extension: bool = False  # async FALSE
+
+
+def _seconds(params: Mapping[str, Any], name: str, bounds) -> Optional[int]:
+    if name not in params:
+        return None
+    value = params[name]
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 6:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
+        raise ApiError(Code.INVALID_PARAMETER, f"{name} must be a number of seconds from {bounds[0]} to {bounds[1]}")
+    return value
+
+
+def _flag(params: Mapping[str, Any], name: str) -> Optional[bool]:
+    """Binotel's TRUE / FALSE (also true/false, 1/0, JSON booleans); None when absent."""
+    if name not in params:
+        return None
+    value = params[name]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().upper() in _FLAGS:
+        return _FLAGS[value.strip().upper()]
+    raise ApiError(Code.INVALID_PARAMETER, f"{name} must be TRUE or FALSE")
+
+
+def parse_request(params: Mapping[str, Any], default_ring_s: int) -> ClickToCall:
+    """The extension, the phone number and Binotel's optional parameters, each honoured or
+    refused with a message naming it."""
     ext = _digits(params, "ext_number", EXTENSION, allow_int=True)
     # An integer phone number has lost its leading zero: refuse rather than guess.
     phone = _digits(params, "phone_number", PHONE, allow_int=False)
-    ring_s = default_ring_s
-    if "callTimeToExt" in params:
-        value = params["callTimeToExt"]
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 3:
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not RING_SECONDS[0] <= value <= RING_SECONDS[1]:
-            raise ApiError(Code.INVALID_PARAMETER,
-                           f"callTimeToExt must be a number of seconds from {RING_SECONDS[0]} to {RING_SECONDS[1]}")
-        ring_s = value
-    return ext, phone, ring_s
+    ring_s = _seconds(params, "callTimeToExt", RING_SECONDS)
+    limit_s = _seconds(params, "limitCallTime", LIMIT_SECONDS)
+    shown = ""
+    if "callerIdForEmployee" in params:
+        shown = params["callerIdForEmployee"]
+        if not isinstance(shown, str) or not _CALLER_NAME.fullmatch(shown.strip()):
+            raise ApiError(Code.INVALID_PARAMETER, "callerIdForEmployee must be 1 to 40 printable characters "
+                                                   "without quotes, < or >")
+        shown = shown.strip()
+    if _flag(params, "playbackWaiting"):
+        raise ApiError(Code.UNSUPPORTED_PARAMETER, "playbackWaiting TRUE: this PBX plays no waiting message to the "
+                                                   "employee; send FALSE or leave it out")
+    if params.get("trunkNumber") not in (None, ""):
+        raise ApiError(Code.UNSUPPORTED_PARAMETER, "trunkNumber: this PBX does not choose the trunk per call "
+                                                   "(FreePBX's outbound routes do); leave it out")
+    asynchronous = _flag(params, "async")
+    return ClickToCall(ext, phone, default_ring_s if ring_s is None else ring_s, limit_s, shown,
+                       wait_for_extension=asynchronous is False)
 
 
 def channel_id(pbx: str, call_id: int) -> str:
@@ -86,21 +145,27 @@ def channel_id(pbx: str, call_id: int) -> str:
     return f"clinica-{pbx_part}-{call_id}"
 
 
-def originate_action(settings: Settings, ext: str, phone: str, call_id: int, ring_s: int,
+def originate_action(settings: Settings, request: ClickToCall, call_id: int,
                      linkedid: str) -> Dict[str, Union[str, List[str]]]:
     """The AMI action, exactly as sent (pyst2 adds the ActionID)."""
+    variables = [f"__{CALLID_VARIABLE}={call_id}"]
+    if request.limit_s is not None:
+        # On the first channel, whose end ends the call: counted from the Originate, so
+        # the extension's ring time is added (the client's ring counts in the limit).
+        variables.append(f"TIMEOUT(absolute)={request.ring_s + request.limit_s}")
     return {
         "Action": "Originate",
-        "Channel": f"Local/{ext}@{settings.originate_channel_context}",
-        "Exten": phone,
+        "Channel": f"Local/{request.ext}@{settings.originate_channel_context}",
+        "Exten": request.phone,
         "Context": settings.originate_context,
         "Priority": "1",
-        "Async": "yes",
-        # The extension's phone shows the number it is about to call; the number part
-        # stays the extension, which FreePBX uses to pick the outbound caller id.
-        "CallerID": f'"{phone}" <{ext}>',
-        "Timeout": str(ring_s * 1000),
-        "Variable": [f"__{CALLID_VARIABLE}={call_id}"],
+        "Async": "no" if request.wait_for_extension else "yes",
+        # The extension's phone shows the number it is about to call (or what the CRM
+        # asked it to show); the number part stays the extension, which FreePBX uses to
+        # pick the outbound caller id.
+        "CallerID": f'"{request.shown_to_employee or request.phone}" <{request.ext}>',
+        "Timeout": str(request.ring_s * 1000),
+        "Variable": variables,
         "ChannelId": linkedid,
     }
 
@@ -108,12 +173,22 @@ def originate_action(settings: Settings, ext: str, phone: str, call_id: int, rin
 _AMI_CODES = {AmiLoginFailed: Code.AMI_LOGIN_FAILED, AmiRefused: Code.AMI_REFUSED, AmiTimeout: Code.AMI_TIMEOUT}
 
 
+def ami_api_error(exc: AmiError, what: str, refused: Code = Code.AMI_REFUSED) -> ApiError:
+    """The API's answer to a failed AMI session; ``refused``: its code when Asterisk
+    answered the action (``what``) with an error."""
+    code = _AMI_CODES.get(type(exc), Code.AMI_UNREACHABLE)
+    if code == Code.AMI_REFUSED:
+        return ApiError(refused, f"the PBX refused {what}: {exc}")
+    return ApiError(code, str(exc))
+
+
 def click_to_call(params: Mapping[str, Any], settings: Settings, store: Store, directory: Optional[Directory],
                   ami: Optional[AmiClient], pbx: str, now: Callable[[], float],
                   freepbx: Optional[FreePbxSource] = None) -> Dict[str, str]:
     if ami is None:
         raise ApiError(Code.CLICK_TO_CALL_OFF, "click-to-call is not configured on the PBX")
-    ext, phone, ring_s = parse_request(params, settings.originate_timeout_s)
+    request = parse_request(params, settings.originate_timeout_s)
+    ext, phone = request.ext, request.phone
     if extension_exists(ext, directory, freepbx) is False:
         raise ApiError(Code.UNKNOWN_EXTENSION, "unknown extension")
     fmt = NumberFormat(settings.number_format, settings.country_code, settings.trunk_prefix)
@@ -137,25 +212,33 @@ def click_to_call(params: Mapping[str, Any], settings: Settings, store: Store, d
         log.warning("click-to-call ext=%s not stored: %s", ext, exc)
         raise ApiError(Code.STORE_UNAVAILABLE, "the call store is unavailable") from None
 
+    session = ami
+    if request.wait_for_extension:
+        # Asterisk answers a synchronous Originate once the extension took the call or
+        # gave up: its ring time more than the usual wait for an answer.
+        session = dataclasses.replace(ami, timeout_s=ami.timeout_s + request.ring_s)
     try:
-        ami.send(originate_action(settings, ext, phone, call_id, ring_s, linkedid))
+        session.send(originate_action(settings, request, call_id, linkedid))
     except AmiError as exc:
         log.warning("click-to-call call=%s ext=%s failed: %s", call_id, ext, exc)
+        no_answer = request.wait_for_extension and isinstance(exc, AmiRefused)
         if not exc.action_sent:
-            # Asterisk certainly did not start it: close the record rather than leave a
-            # call that looks online forever.  An Originate that left without an answer
-            # may still ring: then the hooks tell how the call went.
-            _close_failed(store, call_id, now())
-        code = _AMI_CODES.get(type(exc), Code.AMI_UNREACHABLE)
-        message = f"the PBX refused the call: {exc}" if code == Code.AMI_REFUSED else str(exc)
-        raise ApiError(code, message) from None
+            # Asterisk certainly did not start it (or, waited for, the extension did not
+            # take it): close the record rather than leave a call that looks online
+            # forever.  An Originate that left without an answer may still ring: then the
+            # hooks tell how the call went.
+            _close_failed(store, call_id, now(), "NOANSWER" if no_answer else "CHANUNAVAIL")
+        if no_answer:
+            raise ApiError(Code.EXTENSION_NO_ANSWER, "the extension did not take the call") from None
+        raise ami_api_error(exc, "the call") from None
     log.info("click-to-call call=%s ext=%s originated", call_id, ext)
     return {"status": "success", "generalCallID": str(call_id)}
 
 
-def _close_failed(store: Store, call_id: int, at: float) -> None:
+def _close_failed(store: Store, call_id: int, at: float, disposition: str) -> None:
     try:
-        with store.transaction():
-            store.update_call(call_id, {"ended_at": at, "billsec": 0, "disposition": "CHANUNAVAIL"})
+        # Unless a hook has ended it meanwhile: its facts are better.
+        store.write("UPDATE calls SET ended_at = ?, billsec = 0, disposition = ? WHERE id = ? AND ended_at IS NULL",
+                    (at, disposition, call_id))
     except StoreError as exc:
         log.warning("click-to-call call=%s could not be closed: %s", call_id, exc)

@@ -22,15 +22,20 @@ class Code(enum.IntEnum):
     BAD_SIGNATURE = 120
     MISSING_PARAMETER = 130
     INVALID_PARAMETER = 131
+    PERIOD_TOO_LONG = 132     # a stats period (or a "since") longer than the method allows
+    TOO_MANY_CALLS = 133      # more calls than one answer holds: ask for a shorter period
+    UNSUPPORTED_PARAMETER = 134  # a Binotel option this PBX cannot do (named in the message)
     UNKNOWN_EXTENSION = 140   # click-to-call: no such extension (FreePBX, else the directory file)
     NO_SUCH_CALL = 150
     NO_RECORDING = 151        # the call has no recording
     RECORDING_MISSING = 152   # the recording's file is not on disk
-    CLICK_TO_CALL_OFF = 160   # no AMI user configured
+    CALL_NOT_ONLINE = 153     # hangup-call: the call has ended, or Asterisk has no channel of it
+    CLICK_TO_CALL_OFF = 160   # no AMI user configured: click-to-call and hangup-call are off
     AMI_UNREACHABLE = 161
     AMI_LOGIN_FAILED = 162
     AMI_REFUSED = 163         # Asterisk answered the Originate with an error
     AMI_TIMEOUT = 164
+    EXTENSION_NO_ANSWER = 165  # click-to-call with async FALSE: the extension did not take the call
     STORE_UNAVAILABLE = 170
     INTERNAL = 199
 

@@ -6,7 +6,9 @@ Three tables of FreePBX's MariaDB database (``asterisk``) are read, nothing is w
 - ``userman_users`` (User Management): people, their ``default_extension``, ``displayname``,
   ``fname``, ``lname`` and ``email``;
 - ``incoming`` (core): inbound routes, ``extension`` being the DID, ``cidnum`` the caller
-  id and ``description`` the route's name.
+  id and ``description`` the route's name;
+- ``trunks`` (core): each trunk's ``outcid``, the number it presents (``trunkNumber``).  A
+  user granted only the first three tables (as older instructions said) reads no trunk.
 
 Where the database is (``CLINICA_FREEPBX_DB``): ``auto`` takes the credentials FreePBX
 itself uses, from ``/etc/freepbx.conf`` (``CLINICA_FREEPBX_CONF``) when that file exists
@@ -48,7 +50,10 @@ USERS_QUERY = "SELECT extension, name FROM users"
 USERMAN_QUERY = ("SELECT default_extension, displayname, fname, lname, email FROM userman_users "
                  "WHERE default_extension IS NOT NULL AND default_extension NOT IN ('', 'none') ORDER BY id")
 ROUTES_QUERY = "SELECT extension, cidnum, description FROM incoming ORDER BY extension, cidnum"
-TABLES = ("users", "userman_users", "incoming")
+TRUNKS_QUERY = "SELECT trunkid, outcid FROM trunks"
+TABLES = ("users", "userman_users", "incoming", "trunks")
+# MariaDB's "no such table" and "SELECT command denied": a table that may be missing.
+_OPTIONAL_TABLE_ERRORS = (1146, 1142)
 
 
 class FreePbxError(Exception):
@@ -165,6 +170,7 @@ class FreePbxData:
     employees: Mapping[str, Employee]  # every extension of the users table
     routes: Tuple[InboundRoute, ...]
     named_by_userman: int = 0
+    trunks: Mapping[str, str] = field(default_factory=dict)  # trunk id -> the number it presents
 
     def has_extension(self, extension: str) -> bool:
         return extension in self.employees
@@ -236,12 +242,32 @@ def read_freepbx(target: DbTarget, connect_timeout_s: float = CONNECT_TIMEOUT_S,
                 cursor.execute(ROUTES_QUERY)
                 routes = tuple(InboundRoute(_text(did), _text(cid), _text(description))
                                for did, cid, description in cursor.fetchall())
+                try:
+                    cursor.execute(TRUNKS_QUERY)
+                    trunks = trunks_from_rows(cursor.fetchall())
+                except (pymysql.err.ProgrammingError, pymysql.err.OperationalError) as exc:
+                    if not (exc.args and exc.args[0] in _OPTIONAL_TABLE_ERRORS):
+                        raise
+                    trunks = {}  # no grant on trunks: trunkNumber from CLINICA_TRUNK_NUMBERS alone
         finally:
             conn.close()
     except (pymysql.MySQLError, OSError, ValueError) as exc:
         raise FreePbxError(_without_password(_describe(exc), target.password)) from None
     employees, named = employees_from_rows(users, userman)
-    return FreePbxData(employees, routes, named)
+    return FreePbxData(employees, routes, named, trunks)
+
+
+def trunks_from_rows(rows: Iterable[Sequence]) -> Dict[str, str]:
+    """Trunk id -> the number of its Outbound CallerID (``"Clinic" <0443334000>`` ->
+    ``0443334000``); trunks without one are left out."""
+    from ..phone import digits_of
+
+    trunks: Dict[str, str] = {}
+    for trunkid, outcid in rows:
+        number = digits_of(_text(outcid))
+        if _text(trunkid) and number:
+            trunks[_text(trunkid)] = number
+    return trunks
 
 
 def _describe(exc: Exception) -> str:

@@ -156,6 +156,23 @@ def recording_path(recordings_dir: str, call: Mapping[str, Any]) -> Optional[str
     return None
 
 
+# One byte range: first-last, first- or -suffix (RFC 9110), numbers of sane length.
+_SINGLE_RANGE = re.compile(r"bytes=(?:([0-9]{1,18})-([0-9]{0,18})|-([1-9][0-9]{0,17}))\Z")
+
+
+def usable_range(header: Optional[str]) -> bool:
+    """Whether a ``Range`` header asks for one byte range that can be served.  Anything
+    else (malformed, another unit, several ranges: a player asks for one) is ignored and
+    the whole file sent, as RFC 9110 allows, rather than answered 416.  Pure."""
+    if header is None:
+        return True
+    found = _SINGLE_RANGE.match(header)
+    if not found:
+        return False
+    first, last, _ = found.groups()
+    return first is None or not last or int(first) <= int(last)
+
+
 def record_call_id(params: Mapping[str, Any]) -> int:
     """``callID`` (Binotel's name), else ``generalCallID``: both are the call's id here."""
     for name in ("callID", "generalCallID"):

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from ..cli import ExitStatus
 from ..config import DEFAULTS, SECRET_KEYS, Settings, read_env_file
+from ..redact import shown_url
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -133,16 +134,6 @@ def _holds_secret(key: str, value: str) -> bool:
     if key == "CLINICA_FREEPBX_DB":  # auto and off are not secrets; a URL holds a password
         return "://" in (value or "")
     return bool(value)
-
-
-def shown_url(url: str) -> str:
-    """The URL without user, password, query or fragment (they may carry secrets)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def check_crm(ctx: Context) -> Check:
@@ -380,7 +371,7 @@ def check_freepbx(ctx: Context) -> Check:
         return Check(FAIL, "freepbx", f"{where}: cannot read: {exc}{hint}")
     return Check(OK, "freepbx", f"{where}: {len(data.employees)} extensions "
                                 f"({data.named_by_userman} named in User Management), "
-                                f"{len(data.routes)} inbound routes")
+                                f"{len(data.routes)} inbound routes, {len(data.trunks)} trunks with a number")
 
 
 CHECKS = (

@@ -22,6 +22,7 @@ from ..delivery import KeepAliveTransport, PushSender, deliver_forever
 from ..fastagi import FastAgiServer, check_pool
 from ..outbox import Outbox
 from ..reconcile import Reconciler
+from ..redact import shown_url
 from ..store import Store
 from ..systemd_notify import SystemdNotifier
 
@@ -118,7 +119,7 @@ class Service:
             self.api = start_api(self.settings)
         log.info("FastAGI listening on %s:%d (pool %d, backlog %d); delivering to %s%s", host, port,
                  self.settings.fastagi_pool, self.settings.fastagi_backlog,
-                 _without_credentials(self.settings.crm_push_url), "" if self.api else "; CRM API off")
+                 shown_url(self.settings.crm_push_url), "" if self.api else "; CRM API off")
 
     @property
     def status(self) -> str:
@@ -176,6 +177,11 @@ class Service:
         left = self.server.drain()
         if left:
             log.warning("stopped with %d session(s) still running past their deadline", left)
+        # Pushes that outlived their hooks end within their own limit: let them end, rather
+        # than cut them (the CRM may have acted on one, and it would be sent again).  The
+        # delivery worker finishes its own attempt meanwhile.
+        self.delivery.stop.set()
+        self.server.sender.wait_idle(self.settings.deliver_timeout_s + 1.0)
         self.delivery.shutdown(self.settings.deliver_timeout_s + 1.0)
         if self.api is not None:
             self.api.stop()
@@ -189,15 +195,6 @@ def _api_settings(s: Settings):
     return (s.api_bind, s.api_public_url, tuple(sorted(s.api_keys.items())), s.api_max_body, s.recordings_dir,
             s.record_link_ttl_s, s.directory_file, s.ami_host, s.ami_port, s.ami_user, s.ami_secret,
             s.freepbx_db, s.freepbx_conf, s.freepbx_refresh_s)
-
-
-def _without_credentials(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
-    return urlunsplit(parts._replace(query=""))
 
 
 def run(args, settings: Settings) -> int:
