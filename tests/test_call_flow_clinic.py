@@ -222,3 +222,10 @@ def test_blind_transfer_to_an_outside_number():
     answer = plan_answer(call, {"target": "0670219499", "leg": "bxfer", "channel": "PJSIP/pstn1-00000009"}, FMT, 22.0)
     assert answer.events == ("transferredTheCall/1",)  # no received/answered pair: no employee
     assert answer.changes["transferred_to"] == "0670219499"
+
+
+@pytest.mark.parametrize("odd", ["²", "８０１", "٨٠١", "801²"])
+def test_digits_of_other_scripts_are_no_extension(odd):
+    assert party_of_channel(f"PJSIP/{odd}-00000001") == ""
+    assert party_of_dial_target(f"PJSIP/{odd}") == ""
+    assert dial_string_with_answer_routine("PJSIP/801,20,Hh", odd, "grp") == "PJSIP/801,20,Hh"

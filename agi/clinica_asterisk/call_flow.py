@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .dial_options import BLIND, CONSULT, EXT, GROUP, TRUNK
 from .events import ANSWERED, HANGUP, INCOMING, OUTGOING, RECEIVED, transfer_keys
-from .phone import digits_of, normalize
+from .phone import digits_of, is_digits, normalize
 
 DIAL_STATUSES = frozenset({"ANSWER", "NOANSWER", "BUSY", "CANCEL", "CONGESTION", "CHANUNAVAIL"})
 TRANSFER, VOICEMAIL, VOICEMAIL_LEFT = "TRANSFER", "VM", "VM-SUCCESS"
@@ -67,7 +67,7 @@ def extension_of(text: str) -> str:
         return digits_of(text[:at]).lstrip("+")
     if slash >= 0:
         head, rest = text[:slash], text[slash + 1:]
-        if head.isdigit():
+        if is_digits(head):
             return head
         rest = rest.split("@", 1)[0]
         if rest.lower().startswith("sip:"):
@@ -81,7 +81,7 @@ def extension_of_channel(name: str) -> str:
     ``Local/801@originate-skipvm-00000004;1`` -> the extension; a trunk's channel -> ''."""
     resource = (name or "").partition("/")[2]
     resource = resource.split("@", 1)[0] if "@" in resource else resource.rsplit("-", 1)[0]
-    return as_extension(resource) if resource.isdigit() else ""
+    return as_extension(resource) if is_digits(resource) else ""
 
 
 def party_of_channel(name: str) -> str:
@@ -92,7 +92,7 @@ def party_of_channel(name: str) -> str:
         head = resource.split("@", 1)[0].rstrip("#")
     else:
         head = resource.rsplit("-", 1)[0]
-    return head if head.isdigit() and len(head) <= 20 else ""
+    return head if is_digits(head) and len(head) <= 20 else ""
 
 
 def party_of_dial_target(target: str) -> str:
@@ -104,7 +104,7 @@ def party_of_dial_target(target: str) -> str:
         head = resource.split("@", 1)[0].rstrip("#")
     else:
         head = resource.split("/", 1)[0]
-    return head if head.isdigit() and len(head) <= 20 else ""
+    return head if is_digits(head) and len(head) <= 20 else ""
 
 
 def as_extension(raw: str) -> str:
@@ -115,7 +115,7 @@ def as_extension(raw: str) -> str:
 
 def _count(text: str) -> Optional[int]:
     text = (text or "").strip()
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
+    return int(text) if is_digits(text) and len(text) <= 9 else None
 
 
 def talk_seconds(call: Mapping[str, Any], facts: Mapping[str, str], now: float) -> int:

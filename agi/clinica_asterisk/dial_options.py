@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
+from .phone import is_digits
+
 ANSWER_ROUTINE = "clinica-answer"
 # The legs the routine is put on: one extension; a group's members (the routine names the
 # group, the answering channel the member); an attended transfer's consultation; whoever
@@ -41,7 +43,7 @@ def with_answer_routine(options: str, who: str, leg: str) -> str:
     """``options`` with our ``U()`` in place of any other; unchanged when ours is there.
 
     ``who`` must be digits (it is written into a dial string) and ``leg`` one of LEGS."""
-    if not who.isdigit() or leg not in LEGS:
+    if not is_digits(who) or leg not in LEGS:
         return options
     tokens = split_options(options or "")
     if any(t.startswith(f"U({ANSWER_ROUTINE}^") for t in tokens):

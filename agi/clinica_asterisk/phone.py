@@ -12,6 +12,11 @@ MAX_NUMBER_DIGITS = 20
 ANONYMOUS = frozenset({"", "unknown", "anonymous", "restricted", "private", "unavailable", "s"})
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes '²' and other scripts' digits)."""
+    return bool(text) and text.isascii() and text.isdigit()
+
+
 def digits_of(raw: str) -> str:
     """The dialable part of a caller id: digits, with a leading '+' kept.
 
@@ -45,7 +50,7 @@ def normalize(raw: str, number_format: str = "national", country_code: str = "38
     international = None
     if number.startswith("+"):
         international = bare
-    elif bare.startswith("00"):
+    elif bare.startswith("00") and len(bare) > 2:  # "00" alone is no number: kept as it is
         international = bare[2:]
     elif bare.startswith(country_code) and len(bare) >= len(country_code) + 9:
         international = bare
