@@ -27,6 +27,11 @@ Asterisk is found through ``ASTERISK_PREFIX_22`` / ``ASTERISK_PREFIX_20`` (an in
 prefix with ``sbin/asterisk``), else the tarballs ``<repo>/../shared/asterisk/asterisk-<N>.tar.xz``,
 extracted once into ``~/.cache/clinica-asterisk-tests/``.
 
+Benchmarks reuse the pieces (``bench/bench_real_calls.py``): :func:`start_lab` starts one
+lab in the current namespace (mode ``none``: the PBX without our dialplan, no serve; extra
+files for either instance, e.g. a logger.conf), :func:`run_isolated` runs a child process
+in a namespace of its own and cleans up after it.
+
 As a script (prints the JSON)::
 
     .venv/bin/python tests/real_pbx.py --asterisk 22 --shape pbx17 --mode script
@@ -66,6 +71,7 @@ CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / 
 
 SHAPES = {"pbx17": "22", "pbx16": "20"}  # the Asterisk each FreePBX shape runs on
 MODES = ("script", "fastagi")
+NO_HOOKS = "none"  # the same PBX without our #include (benchmarks' baseline; start_lab only)
 
 API_KEY, API_SECRET = "lab-crm", "lab-crm-secret"
 AMI_PORT, AMI_USER, AMI_SECRET = 15038, "clinica", "clinicasecret"
@@ -111,6 +117,8 @@ SCENARIOS: Tuple[Scenario, ...] = (
     Scenario("in-xfer-out", "0670219438", "0", caller="in-xfer-out", did="0443334012"),
     Scenario("in-ivr", "0670219430", "0", caller="in-ivr", did="0443334006"),
     Scenario("c2c-answer", "0670219424", "1", c2c={"ext_number": "801", "phone_number": "0670219424"}),
+    Scenario("c2c-limit", "0670219496", "1",
+             c2c={"ext_number": "805", "phone_number": "0670219496", "limitCallTime": 2}),
     Scenario("c2c-noanswer", "0670219436", "1",
              c2c={"ext_number": "803", "phone_number": "0670219436", "callTimeToExt": 6}),
     Scenario("in-801", "0670219420", "0", caller="in-801", did="0443334000"),
@@ -485,8 +493,8 @@ class Combination:
     def check(self) -> None:
         if self.shape not in SHAPES:
             raise LabError(f"unknown shape {self.shape!r} (pbx17, pbx16)")
-        if self.mode not in MODES:
-            raise LabError(f"unknown mode {self.mode!r} (script, fastagi)")
+        if self.mode not in (*MODES, NO_HOOKS):
+            raise LabError(f"unknown mode {self.mode!r} (script, fastagi, none)")
         if self.asterisk not in ("20", "22"):
             raise LabError(f"unknown Asterisk {self.asterisk!r} (22, 20)")
         if self.shape == "pbx16" and self.asterisk != "20":
@@ -540,75 +548,92 @@ def outbox_waiting(data_dir: Path) -> Optional[int]:
     return None
 
 
-def run_here(combo: Combination, workdir: Path) -> Dict[str, Any]:
-    """Run one combination in this process's network namespace; the result dict."""
+@dataclass
+class Lab:
+    """A started lab (see :func:`start_lab`); everything in it is also in the Run that stops it."""
+
+    world: Instance
+    pbx: Instance
+    data_dir: Path
+    env: Dict[str, str]
+    log_file: Path
+    api_port: int
+    fastagi_port: int
+
+
+def start_lab(combo: Combination, run: Run, on_push=None, extra_pbx_files: Sequence[Path] = (),
+              extra_world_files: Sequence[Path] = ()) -> Lab:
+    """Start one combination's lab in this process's network namespace, into ``run`` (whose
+    :meth:`Run.stop` ends it all): the CRM stand-in (``on_push`` is called per push), the
+    world, the PBX with clinica-asterisk installed as a user installs it (mode ``none``:
+    without it, and without serve), and ``clinica-asterisk serve``.  ``extra_pbx_files``
+    and ``extra_world_files`` are copied into the instance's etc last (e.g. a logger.conf)."""
     from clinica_asterisk.crm_sink import CrmSink
 
     combo.check()
-    started = time.monotonic()
     prefix = find_asterisk(combo.asterisk)
     if prefix is None:
         raise LabError(f"no Asterisk {combo.asterisk} (set ASTERISK_PREFIX_{combo.asterisk})")
+    workdir = run.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    run = Run(combo, workdir)
-    arrivals: List[float] = []
-    timings: Dict[str, float] = {}
-    try:
-        # The CRM stand-in: a real HTTP server, in this process.
-        run.sink = CrmSink(on_push=lambda fields: arrivals.append(round(time.monotonic() - started, 2))).start()
-        data_dir, pbx_dir, world_dir = workdir / "data", workdir / "pbx", workdir / "world"
-        data_dir.mkdir(exist_ok=True)
-        fastagi_port = free_port()
+    # The CRM stand-in: a real HTTP server, in this process.
+    run.sink = CrmSink(on_push=on_push).start()
+    data_dir, pbx_dir, world_dir = workdir / "data", workdir / "pbx", workdir / "world"
+    data_dir.mkdir(exist_ok=True)
+    fastagi_port = free_port()
+    api_port = free_port()
+    while api_port == fastagi_port:
         api_port = free_port()
-        while api_port == fastagi_port:
-            api_port = free_port()
-        env_file = workdir / "clinica.env"
-        log_file = workdir / "clinica.log"
-        _write_env(env_file, {
-            "CLINICA_DATA_DIR": str(data_dir),
-            "CLINICA_CRM_PUSH_URL": run.sink.url,
-            "CLINICA_LOG_FILE": str(log_file),
-            "CLINICA_FREEPBX_DB": "off",
-            "CLINICA_API_KEYS": f"{API_KEY}:{API_SECRET}",
-            "CLINICA_AMI_HOST": "127.0.0.1",
-            "CLINICA_AMI_PORT": str(AMI_PORT),
-            "CLINICA_AMI_USER": AMI_USER,
-            "CLINICA_AMI_SECRET": AMI_SECRET,
-            "CLINICA_FASTAGI_BIND": f"127.0.0.1:{fastagi_port}",
-            "CLINICA_API_BIND": f"127.0.0.1:{api_port}",
-            "CLINICA_RECORDINGS_DIR": str(pbx_dir / "monitor"),
-            "CLINICA_PBX_ID": f"lab-{combo.name}",
-        })
-        env = clean_environ()
-        env["CLINICA_ENV_FILE"] = str(env_file)
+    env_file = workdir / "clinica.env"
+    log_file = workdir / "clinica.log"
+    _write_env(env_file, {
+        "CLINICA_DATA_DIR": str(data_dir),
+        "CLINICA_CRM_PUSH_URL": run.sink.url,
+        "CLINICA_LOG_FILE": str(log_file),
+        "CLINICA_FREEPBX_DB": "off",
+        "CLINICA_API_KEYS": f"{API_KEY}:{API_SECRET}",
+        "CLINICA_AMI_HOST": "127.0.0.1",
+        "CLINICA_AMI_PORT": str(AMI_PORT),
+        "CLINICA_AMI_USER": AMI_USER,
+        "CLINICA_AMI_SECRET": AMI_SECRET,
+        "CLINICA_FASTAGI_BIND": f"127.0.0.1:{fastagi_port}",
+        "CLINICA_API_BIND": f"127.0.0.1:{api_port}",
+        "CLINICA_RECORDINGS_DIR": str(pbx_dir / "monitor"),
+        "CLINICA_PBX_ID": f"lab-{combo.name}",
+    })
+    env = clean_environ()
+    env["CLINICA_ENV_FILE"] = str(env_file)
 
-        # Our dialplan, installed as a user installs it.
-        pbx_files = workdir / "pbx-files"
-        pbx_files.mkdir(exist_ok=True)
+    # Our dialplan, installed as a user installs it.
+    pbx_files = workdir / "pbx-files"
+    pbx_files.mkdir(exist_ok=True)
+    installed: List[Path] = []
+    if combo.mode != NO_HOOKS:
         (pbx_files / "extensions_custom.conf").write_text("#include extensions_clinica.conf\n")
         shutil.copyfile(DIALPLAN, pbx_files / "extensions_clinica.conf")
         globals_custom = "; FreePBX reads this file into [globals]\n"
         if combo.mode == "fastagi":
             globals_custom += f"CLINICA_AGI = agi://127.0.0.1:{fastagi_port}/clinica-agi\n"
         (pbx_files / "globals_custom.conf").write_text(globals_custom)
-        (pbx_dir / "agi-bin").mkdir(parents=True, exist_ok=True)
-        if combo.mode == "script":
-            agi = venv_program("clinica-agi")
-            if agi is None:
-                raise LabError(f"no clinica-agi next to {sys.executable} (pip install -e .)")
-            os.symlink(agi, pbx_dir / "agi-bin" / "clinica-agi")
+        installed = [pbx_files / "extensions_custom.conf", pbx_files / "globals_custom.conf",
+                     pbx_files / "extensions_clinica.conf"]
+    (pbx_dir / "agi-bin").mkdir(parents=True, exist_ok=True)
+    if combo.mode == "script":
+        agi = venv_program("clinica-agi")
+        if agi is None:
+            raise LabError(f"no clinica-agi next to {sys.executable} (pip install -e .)")
+        os.symlink(agi, pbx_dir / "agi-bin" / "clinica-agi")
 
-        world = Instance(prefix, world_dir, LAB / "world", [], env)
-        pbx = Instance(prefix, pbx_dir, LAB / combo.shape,
-                       [pbx_files / "extensions_custom.conf", pbx_files / "globals_custom.conf",
-                        pbx_files / "extensions_clinica.conf"], env)
-        run.instances += [world]
-        world.start()
-        run.instances += [pbx]
-        pbx.start()
+    world = Instance(prefix, world_dir, LAB / "world", list(extra_world_files), env)
+    pbx = Instance(prefix, pbx_dir, LAB / combo.shape, [*installed, *extra_pbx_files], env)
+    run.instances += [world]
+    world.start()
+    run.instances += [pbx]
+    pbx.start()
 
-        # clinica-asterisk serve: the API (click-to-call) always, the FastAGI server too.
-        # Started once the PBX is up, so that it finds the manager at once.
+    # clinica-asterisk serve: the API (click-to-call) always, the FastAGI server too.
+    # Started once the PBX is up, so that it finds the manager at once.
+    if combo.mode != NO_HOOKS:
         program = venv_program("clinica-asterisk")
         command = [str(program)] if program else [sys.executable, "-m", "clinica_asterisk"]
         serve_log = open(workdir / "serve.log", "wb")
@@ -620,6 +645,23 @@ def run_here(combo: Combination, workdir: Path) -> Dict[str, Any]:
         wait_for_port(api_port, BOOT_TIMEOUT_S, run.serve)
         if combo.mode == "fastagi":
             wait_for_port(fastagi_port, BOOT_TIMEOUT_S, run.serve)
+    return Lab(world, pbx, data_dir, env, log_file, api_port, fastagi_port)
+
+
+def run_here(combo: Combination, workdir: Path) -> Dict[str, Any]:
+    """Run one combination in this process's network namespace; the result dict."""
+    combo.check()
+    started = time.monotonic()
+    prefix = find_asterisk(combo.asterisk)
+    if prefix is None:
+        raise LabError(f"no Asterisk {combo.asterisk} (set ASTERISK_PREFIX_{combo.asterisk})")
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = Run(combo, workdir)
+    arrivals: List[float] = []
+    timings: Dict[str, float] = {}
+    try:
+        lab = start_lab(combo, run, on_push=lambda fields: arrivals.append(round(time.monotonic() - started, 2)))
+        world, pbx, data_dir, log_file, api_port = lab.world, lab.pbx, lab.data_dir, lab.log_file, lab.api_port
         timings["ready_s"] = round(time.monotonic() - started, 1)
         log(f"{combo.name}: ready in {timings['ready_s']} s ({workdir})")
 
@@ -759,21 +801,15 @@ def _pids_started_under(workdir: Path) -> List[int]:
     return pids
 
 
-def run_combination(asterisk: str, shape: str, mode: str, workdir: Optional[Path] = None,
-                    namespace: Optional[bool] = None, timeout_s: float = COMBINATION_TIMEOUT_S) -> Dict[str, Any]:
-    """Run one combination in a child process (``unshare -n`` when ``namespace`` or, by
-    default, when available) and return its result.  Always stops what it started, also on
-    a timeout.  Raises LabError when the lab could not run."""
-    combo = Combination(str(asterisk), shape, mode)
-    combo.check()
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix=f"clinica-real-{combo.name}-"))
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+def run_isolated(args: Sequence[str], workdir: Path, label: str, namespace: Optional[bool] = None,
+                 timeout_s: float = COMBINATION_TIMEOUT_S) -> int:
+    """Run ``python <args>`` as a child process, in a network namespace of its own
+    (``unshare -n``, ``--in-namespace`` appended to ``args``) when ``namespace`` or, by
+    default, when available; its output goes to ``workdir/driver.log``.  Waits at most
+    ``timeout_s``, then stops it; afterwards ends any Asterisk or serve it left behind
+    under ``workdir``.  Returns its exit code; raises LabError on a timeout."""
     use_ns = namespaces_available() if namespace is None else namespace
-    out = workdir / "result.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--asterisk", combo.asterisk, "--shape", shape,
-               "--mode", mode, "--workdir", str(workdir), "--child", str(out)]
+    command = [sys.executable, *args]
     if use_ns:
         command = [shutil.which("unshare") or "unshare", "-n", *command, "--in-namespace"]
     errors = open(workdir / "driver.log", "wb")
@@ -796,7 +832,7 @@ def run_combination(asterisk: str, shape: str, mode: str, workdir: Optional[Path
             child.wait(5)
         for pid in _pids_started_under(workdir):
             kill_pid(pid, grace_s=3)
-        raise LabError(f"{combo.name}: no result within {timeout_s:.0f} s; see {workdir}/driver.log")
+        raise LabError(f"{label}: no result within {timeout_s:.0f} s; see {workdir}/driver.log")
     finally:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -809,8 +845,26 @@ def run_combination(asterisk: str, shape: str, mode: str, workdir: Optional[Path
             _CHILDREN.pop(child.pid, None)
         for pid in _pids_started_under(workdir):  # normally gone already
             kill_pid(pid, grace_s=3)
-    if child.returncode != 0 or not out.is_file():
-        raise LabError(f"{combo.name}: the driver failed (exit {child.returncode}): "
+    return child.returncode
+
+
+def run_combination(asterisk: str, shape: str, mode: str, workdir: Optional[Path] = None,
+                    namespace: Optional[bool] = None, timeout_s: float = COMBINATION_TIMEOUT_S) -> Dict[str, Any]:
+    """Run one combination in a child process (``unshare -n`` when ``namespace`` or, by
+    default, when available) and return its result.  Always stops what it started, also on
+    a timeout.  Raises LabError when the lab could not run."""
+    combo = Combination(str(asterisk), shape, mode)
+    combo.check()
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"clinica-real-{combo.name}-"))
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "result.json"
+    returncode = run_isolated([str(Path(__file__).resolve()), "--asterisk", combo.asterisk, "--shape", shape,
+                               "--mode", mode, "--workdir", str(workdir), "--child", str(out)],
+                              workdir, combo.name, namespace, timeout_s)
+    if returncode != 0 or not out.is_file():
+        raise LabError(f"{combo.name}: the driver failed (exit {returncode}): "
                        + " | ".join(tail(workdir / "driver.log", 15)))
     return json.loads(out.read_text())
 

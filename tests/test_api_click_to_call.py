@@ -243,7 +243,7 @@ def test_binotel_s_optional_parameters_are_honoured(tmp_path, ami):
     assert header(originate, "Async") == "yes"
     # The call's first channel ends at the latest the extension's ring time plus the limit after the Originate.
     assert headers_named(originate, "Variable") == [f"__CLINICA_CALLID={answer['generalCallID']}",
-                                                   "TIMEOUT(absolute)=140"]
+                                                   "__CLINICA_TALK_LIMIT_MS=120000"]
 
 
 def test_async_false_waits_for_the_extension(tmp_path, ami):

@@ -72,6 +72,8 @@ EXPECTED: Dict[str, Tuple[str, str]] = {
     "out-busy":       ("received:904 hangup:0",                          "disposition=BUSY"),
     "out-failover":   ("received:904 answered hangup:2",                 "disposition=ANSWER"),
     "c2c-answer":     ("received:801 answered hangup:3",                 "disposition=ANSWER"),
+    # limitCallTime 2: the client (who would talk 10 s) is cut off after 2 s of talk.
+    "c2c-limit":      ("received:805 answered hangup:2",                 "disposition=ANSWER billsec=2"),
     # The client was never called: no push; call-details tells how it ended.
     "c2c-noanswer":   ("",                                               "disposition=NOANSWER billsec=0"),
 }

@@ -15,8 +15,8 @@ with it, so :mod:`clinica_asterisk.reconcile` can tell whether Asterisk still ha
 even when no hook ever ran for it (an extension that never answered).
 
 Binotel's optional parameters (:func:`parse_request`): ``callTimeToExt`` (how long the
-extension rings), ``limitCallTime`` (an absolute time limit on the call's first channel,
-``TIMEOUT(absolute)``, ringing included), ``callerIdForEmployee`` (what the extension's phone
+extension rings), ``limitCallTime`` (the longest talk with the client: the dialplan's trunk hook
+adds Dial's ``L()`` for ``CLINICA_TALK_LIMIT_MS``), ``callerIdForEmployee`` (what the extension's phone
 shows), ``async`` (``FALSE``: the answer waits until the extension takes the call).  What
 Asterisk cannot do here is refused, never ignored: ``playbackWaiting`` ``TRUE`` (no waiting
 message is played) and ``trunkNumber`` (FreePBX's outbound routes choose the trunk).
@@ -46,6 +46,7 @@ EXTENSION = re.compile(r"[0-9]{2,6}")
 PHONE = re.compile(r"\+?[0-9]{3,15}")
 RING_SECONDS = (5, 300)  # accepted range of callTimeToExt
 LIMIT_SECONDS = (1, 86400)  # accepted range of limitCallTime
+TALK_LIMIT_VARIABLE = "CLINICA_TALK_LIMIT_MS"  # read by the dialplan's trunk hook
 # What the extension's phone may be shown instead of the number (callerIdForEmployee):
 # printable, and nothing that ends the quoted name of a CallerID header.
 _CALLER_NAME = re.compile(r'[^"<>\\\x00-\x1f\x7f-\x9f\u2028\u2029]{1,40}')
@@ -150,9 +151,9 @@ def originate_action(settings: Settings, request: ClickToCall, call_id: int,
     """The AMI action, exactly as sent (pyst2 adds the ActionID)."""
     variables = [f"__{CALLID_VARIABLE}={call_id}"]
     if request.limit_s is not None:
-        # On the first channel, whose end ends the call: counted from the Originate, so
-        # the extension's ring time is added (the client's ring counts in the limit).
-        variables.append(f"TIMEOUT(absolute)={request.ring_s + request.limit_s}")
+        # Inherited down to the trunk's Dial, where the dialplan turns it into L(): the
+        # talk with the client, from its answer, lasts no longer.
+        variables.append(f"__{TALK_LIMIT_VARIABLE}={request.limit_s * 1000}")
     return {
         "Action": "Originate",
         "Channel": f"Local/{request.ext}@{settings.originate_channel_context}",
