@@ -207,3 +207,29 @@ def test_script_mode_hooks_and_their_worker_send_each_event_once_to_a_slow_crm(c
     assert duplicates(crm.accepted()) == 0, crm.accepted()
     assert crm.concurrent_copies() == 0
     assert list(pushes_of(crm).values()) == [ORDER] * CALLS
+
+
+def test_the_answer_hook_lets_the_two_talk_within_its_own_short_deadline(crm, tmp_path):
+    # Dial's U() routine runs before the two parties hear each other: whatever the answer
+    # hook waits for is silence on the line.  With a CRM taking 1 s, the ring and hang-up
+    # hooks wait for it (deadline 2 s); the answer hook lets the call through within its
+    # own 250 ms, and its push goes on after, once.
+    crm.set_mode("slow", 1.0)
+    serve = Serve(environment(tmp_path, crm_push_url=crm.url, **SETTINGS), tmp_path / "serve.log")
+    held = {}
+    try:
+        call = FakeCall()
+        for session in with_fresh_ids(recorded_calls()["in-801"], random.Random(7)):
+            status, ms = play_session(serve.address, call, session.with_args(ARGS[session.label]).over_fastagi(
+                *serve.address), timeout_s=30)[:2]
+            held[session.label] = (status, ms)
+            crm.wait_for(lambda c: c.open_posts() == 0, "the hook's push answered")
+        wait_until(lambda: len(crm.accepted()) == 3 and waiting(tmp_path / "data") == 0, "every event delivered")
+    finally:
+        serve.stop()
+    figure("serve, CRM answering after 1 s: what each hook held its call (ms)",
+           ", ".join(f"{label} {status} {ms}" for label, (status, ms) in held.items()))
+    assert held["ring-in"][0] == "SENT" and held["answer"][0] == "QUEUED"
+    assert held["answer"][1] <= 250 < held["ring-in"][1]
+    assert duplicates(crm.accepted()) == 0
+    assert list(pushes_of(crm).values()) == [["receivedTheCall", "answeredTheCall", "hangupTheCall"]]

@@ -30,6 +30,7 @@ DEFAULTS: Dict[str, str] = {
     "CLINICA_TRANSFER_PAIR": "yes",
     "CLINICA_PUSH_EXTRA_KEYS": "yes",
     "CLINICA_HOOK_DEADLINE_MS": "2000",
+    "CLINICA_ANSWER_DEADLINE_MS": "250",
     "CLINICA_DELIVER_TIMEOUT_MS": "10000",
     "CLINICA_DELIVER_MAX_BACKOFF_S": "300",
     # Numbers
@@ -92,6 +93,7 @@ class Settings:
     transfer_pair: bool
     push_extra_keys: bool
     hook_deadline_s: float
+    answer_deadline_s: float
     deliver_timeout_s: float
     deliver_max_backoff_s: float
     number_format: str
@@ -128,6 +130,13 @@ class Settings:
     reconcile_s: int
     online_max_s: int
     source: str = ""
+
+    def deadline_for(self, stage: str) -> float:
+        """How long a hook of ``stage`` may hold its call, in seconds.  The answer hook runs
+        while the two parties already hear nothing of each other (Dial's U() routine runs
+        before the bridge): its own, short deadline; what it could not send in that time
+        is sent right after, without the call waiting."""
+        return self.answer_deadline_s if stage == "answer" else self.hook_deadline_s
 
     @property
     def db_path(self) -> str:
@@ -356,6 +365,7 @@ def build_settings(values: Mapping[str, str], source: str = "") -> Settings:
         transfer_pair=_choice(values, "CLINICA_TRANSFER_PAIR", ("yes", "no")) == "yes",
         push_extra_keys=_choice(values, "CLINICA_PUSH_EXTRA_KEYS", ("yes", "no")) == "yes",
         hook_deadline_s=_int(values, "CLINICA_HOOK_DEADLINE_MS", 100, 30000) / 1000.0,
+        answer_deadline_s=_int(values, "CLINICA_ANSWER_DEADLINE_MS", 50, 30000) / 1000.0,
         deliver_timeout_s=_int(values, "CLINICA_DELIVER_TIMEOUT_MS", 100, 120000) / 1000.0,
         deliver_max_backoff_s=float(_int(values, "CLINICA_DELIVER_MAX_BACKOFF_S", 1, 86400)),
         number_format=_choice(values, "CLINICA_NUMBER_FORMAT", ("national", "e164", "raw")),

@@ -356,7 +356,7 @@ class FastAgiServer:
             except ChannelClosed:
                 self._dropped(client, accepted_at, "closed before sending an env block", logging.INFO)
                 return
-            deadline = Deadline(settings.hook_deadline_s, clock=self._clock)
+            deadline = Deadline(settings.deadline_for(request.stage_and_args[0]), clock=self._clock)
             channel = AgiChannel(stream, deadline)
             try:
                 services = HookServices(settings, self._store(settings), self.sender,

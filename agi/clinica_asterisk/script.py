@@ -37,8 +37,9 @@ def process_started() -> float:
     return now - age if 0 <= age < 3600 else _IMPORTED_AT
 
 
-# What an overloaded host's hook still gets after a start-up that ate its deadline.
-STORE_FLOOR_S = 0.3
+# What a hook still gets after a start-up that ate its deadline: enough to read its facts
+# and store its events (a few milliseconds on an idle host).
+STORE_FLOOR_S = 0.1
 
 
 def main() -> int:
@@ -67,14 +68,16 @@ def main() -> int:
     # and store the call's events, which the worker then sends: the call waits that much
     # longer once, and the CRM still hears of the call.
     deadline = Deadline(deadline_s, started=started)
-    if deadline.remaining() < STORE_FLOOR_S:
-        deadline = Deadline(STORE_FLOOR_S)
-    stream.deadline = deadline
+    stream.deadline = Deadline(max(deadline.remaining(), STORE_FLOOR_S))
     try:
         request = stream.read_request()
     except Exception as exc:
         sys.stderr.write(f"clinica-agi: no AGI session on stdin ({type(exc).__name__}: {exc})\n")
         return 0
+    if settings is not None:  # each stage's own deadline (the answer's is short)
+        deadline = Deadline(settings.deadline_for(request.stage_and_args[0]), started=started)
+    if deadline.remaining() < STORE_FLOOR_S:
+        deadline = Deadline(STORE_FLOOR_S)
     channel = AgiChannel(stream, deadline)
 
     from . import logs
