@@ -117,3 +117,11 @@ def test_predial_hooks_end_as_they_were_entered(hook):
 def test_hangup_is_armed_by_a_handler_not_an_h_extension():
     assert not any("h" in c["extens"] for c in CONTEXTS.values())
     assert DIALPLAN.read_text().count("CHANNEL(hangup_handler_push)=clinica-hangup,s,1(") == 2
+
+
+def test_a_context_freepbx_includes_answers_only_to_the_calls_it_is_there_for():
+    # [from-pstn-custom] includes [clinica-push]: every extension there can be dialled by a
+    # trunk call (a DID spelled "run" would run it), so it holds only what takes a call in.
+    included = {c for context in CONTEXTS.values() for c in context["includes"]} & set(CONTEXTS)
+    for name in included:
+        assert set(CONTEXTS[name]["extens"]) <= {"_[+0-9].", "s"}, name
