@@ -15,6 +15,10 @@ def make_settings(data_dir, **overrides):
     # A test machine that is a FreePBX (with /etc/freepbx.conf) must not read its database.
     values["CLINICA_FREEPBX_DB"] = "off"
     values.update({f"CLINICA_{k.upper()}": str(v) for k, v in overrides.items()})
+    if "answer_deadline_ms" not in overrides:
+        # Tests compare exact outcomes: their answer hooks wait for the push like the others
+        # (the short answer deadline has tests of its own).
+        values["CLINICA_ANSWER_DEADLINE_MS"] = values["CLINICA_HOOK_DEADLINE_MS"]
     return build_settings(values)
 
 

@@ -119,7 +119,7 @@ def test_recorded_call_over_fastagi_pushes_exactly_what_the_script_pushes(name, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLINICA_")}
     (tmp_path / "empty.env").write_text("")
     env.update(CLINICA_CRM_PUSH_URL=second_crm.url, CLINICA_DATA_DIR=str(tmp_path / "script"),
-               CLINICA_ENV_FILE=str(tmp_path / "empty.env"))
+               CLINICA_ENV_FILE=str(tmp_path / "empty.env"), CLINICA_ANSWER_DEADLINE_MS="2000")
     script_call = FakeCall()
     for session in sessions:
         run_script(SCRIPT, script_call, session.with_args(ARGS[session.label]), env)
@@ -146,7 +146,7 @@ def test_hundreds_of_parallel_sessions_push_every_event_exactly_once(crm, tmp_pa
     CRM's).  Whatever the hooks could not send in time the worker sends later; the CRM
     gets each event once, in order."""
     settings = make_settings(tmp_path / "data", crm_push_url=crm.url, fastagi_pool=MAX_POOL,
-                             fastagi_backlog=1024, hook_deadline_ms=10000)
+                             fastagi_backlog=1024, hook_deadline_ms=10000, answer_deadline_ms=10000)
     rng = random.Random(7)
     calls = [with_fresh_ids(recorded_calls()["in-801"], rng) for _ in range(CONCURRENT_CALLS)]
     start = threading.Barrier(CONCURRENT_CALLS)

@@ -34,8 +34,9 @@ def recorded_calls():
 
 def script_env(tmp_path, url, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLINICA_")}
+    # The answer hook waits for its push like the others: the tests compare exact outcomes.
     env.update(CLINICA_CRM_PUSH_URL=url, CLINICA_DATA_DIR=str(tmp_path / "data"),
-               CLINICA_ENV_FILE=str(tmp_path / "empty.env"), **extra)
+               CLINICA_ENV_FILE=str(tmp_path / "empty.env"), CLINICA_ANSWER_DEADLINE_MS="2000", **extra)
     (tmp_path / "empty.env").write_text("")
     return env
 
