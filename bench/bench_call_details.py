@@ -29,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, List
+from typing import Any, Callable, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "agi"))
@@ -93,7 +93,7 @@ def build_store(path: str, count: int) -> None:
     print(f"store: {count} calls built in {time.monotonic() - began:.1f} s ({os.path.getsize(path) >> 20} MiB)")
 
 
-def timed(fn: Callable[[List[int]], object], id_sets: List[List[int]], warmup: int = 20) -> List[float]:
+def timed(fn: Callable[[Any], object], id_sets: List[Any], warmup: int = 20) -> List[float]:
     for ids in id_sets[:warmup]:
         fn(ids)
     out = []
@@ -102,6 +102,18 @@ def timed(fn: Callable[[List[int]], object], id_sets: List[List[int]], warmup: i
         fn(ids)
         out.append((time.perf_counter() - began) * 1000)
     return out
+
+
+def bench_settings(data_dir: str, **extra: str):
+    """The settings of an API benchmark in ``data_dir``: its key, a free port, a company id
+    and a directory file naming every extension (``extra``: more CLINICA_ values)."""
+    os.makedirs(data_dir, exist_ok=True)
+    directory_file = os.path.join(data_dir, "directory.csv")
+    with open(directory_file, "w", encoding="utf-8") as f:
+        f.writelines(f"{e},Співробітник {e},{e}@clinic.example\n" for e in EXTENSIONS)
+    return build_settings(dict(DEFAULTS, CLINICA_DATA_DIR=data_dir, CLINICA_API_KEYS=f"{KEY}:{SECRET}",
+                               CLINICA_API_BIND=f"127.0.0.1:{free_port()}", CLINICA_COMPANY_ID="10881",
+                               CLINICA_DIRECTORY_FILE=directory_file, **extra))
 
 
 def p99(values: List[float]) -> float:
@@ -118,13 +130,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="clinica-bench-")
-    os.makedirs(data_dir, exist_ok=True)
-    directory_file = os.path.join(data_dir, "directory.csv")
-    with open(directory_file, "w", encoding="utf-8") as f:
-        f.writelines(f"{e},Співробітник {e},{e}@clinic.example\n" for e in EXTENSIONS)
-    settings = build_settings(dict(DEFAULTS, CLINICA_DATA_DIR=data_dir, CLINICA_API_KEYS=f"{KEY}:{SECRET}",
-                                   CLINICA_API_BIND=f"127.0.0.1:{free_port()}", CLINICA_COMPANY_ID="10881",
-                                   CLINICA_DIRECTORY_FILE=directory_file))
+    settings = bench_settings(data_dir)
     try:
         build_store(settings.db_path, args.calls)
         rng = random.Random(2)
@@ -132,7 +138,7 @@ def main(argv=None) -> int:
 
         store = Store(settings.db_path)
         conn = store.conn
-        directory = Directory(directory_file)
+        directory = Directory(settings.directory_file)
 
         def baseline(ids):
             marks = ",".join("?" * len(ids))

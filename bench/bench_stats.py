@@ -29,14 +29,14 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any, Callable, Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "agi"))
 sys.path.insert(0, HERE)
 
-from bench_call_details import CLIENT_NUMBERS, EXTENSIONS, KEY, SECRET, build_store, free_port, p99  # noqa: E402
+from bench_call_details import (CLIENT_NUMBERS, EXTENSIONS, KEY, SECRET, bench_settings, build_store,  # noqa: E402
+                               p99, timed)
 
 from clinica_asterisk.api import stats  # noqa: E402
 from clinica_asterisk.api.app import answer_text, build_context  # noqa: E402
@@ -44,7 +44,6 @@ from clinica_asterisk.api.directory import Directory  # noqa: E402
 from clinica_asterisk.api.names import current_names  # noqa: E402
 from clinica_asterisk.api.server import ApiServer  # noqa: E402
 from clinica_asterisk.api.signature import sign  # noqa: E402
-from clinica_asterisk.config import DEFAULTS, build_settings  # noqa: E402
 from clinica_asterisk.store import Store  # noqa: E402
 
 OPEN_CALLS = 20
@@ -111,17 +110,6 @@ def cases(first: float, last: float, rng: random.Random, count: int) -> List[Tup
     ]
 
 
-def timed(fn: Callable[[Params], Any], params: List[Params], warmup: int = 5) -> List[float]:
-    for p in params[:warmup]:
-        fn(p)
-    out = []
-    for p in params:
-        began = time.perf_counter()
-        fn(p)
-        out.append((time.perf_counter() - began) * 1000)
-    return out
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=1_000_000)
@@ -130,21 +118,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="clinica-bench-")
-    os.makedirs(data_dir, exist_ok=True)
-    directory_file = os.path.join(data_dir, "directory.csv")
-    with open(directory_file, "w", encoding="utf-8") as f:
-        f.writelines(f"{e},Співробітник {e},{e}@clinic.example\n" for e in EXTENSIONS)
-    settings = build_settings(dict(DEFAULTS, CLINICA_DATA_DIR=data_dir, CLINICA_API_KEYS=f"{KEY}:{SECRET}",
-                                   CLINICA_API_BIND=f"127.0.0.1:{free_port()}", CLINICA_COMPANY_ID="10881",
-                                   CLINICA_DIRECTORY_FILE=directory_file, CLINICA_TRUNK_NUMBERS="1:0443334000",
-                                   CLINICA_FREEPBX_DB="off"))
+    settings = bench_settings(data_dir, CLINICA_TRUNK_NUMBERS="1:0443334000", CLINICA_FREEPBX_DB="off")
     try:
         build_store(settings.db_path, args.calls)
         first, last = leave_calls_up(settings.db_path)
         now = last + 60
         store = Store(settings.db_path)
         conn = store.conn
-        names = current_names(Directory(directory_file), None, "380", "0", settings.trunk_numbers)
+        names = current_names(Directory(settings.directory_file), None, "380", "0", settings.trunk_numbers)
 
         def method_of(name):
             def run(params):
@@ -177,9 +158,9 @@ def main(argv=None) -> int:
             for label, name, make, sql, sql_args in cases(first, last, rng, args.requests):
                 params = [make() for _ in range(args.requests)]
                 sizes: List[Any] = []
-                base = timed(lambda p: conn.execute(sql, sql_args(p)).fetchall(), params)
-                in_process = timed(method_of(name), params)
-                over_http = timed(http_of(name, sizes), params)
+                base = timed(lambda p: conn.execute(sql, sql_args(p)).fetchall(), params, warmup=5)
+                in_process = timed(method_of(name), params, warmup=5)
+                over_http = timed(http_of(name, sizes), params, warmup=5)
                 numeric = [s for s in sizes if isinstance(s, int)]
                 held = str(int(statistics.median(numeric))) if numeric else sizes[-1]
                 rows.append((label, held, base, in_process, over_http))

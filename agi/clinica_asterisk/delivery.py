@@ -179,8 +179,9 @@ def _request_parts(url: str, content_type: str):
     return parts, path, headers
 
 
-class _Http(http.client.HTTPConnection):
-    """Arms the attempt's cutoff with each new connection, before anything is sent."""
+class _ArmsCutoff:
+    """Arms the attempt's cutoff with each new connection, before anything is sent (for
+    HTTPS on the TLS socket, once the handshake is done)."""
 
     cutoff: Optional[Cutoff] = None
 
@@ -190,13 +191,12 @@ class _Http(http.client.HTTPConnection):
             self.cutoff.arm(self.sock)
 
 
-class _Https(http.client.HTTPSConnection):
-    cutoff: Optional[Cutoff] = None
+class _Http(_ArmsCutoff, http.client.HTTPConnection):
+    pass
 
-    def connect(self):
-        super().connect()
-        if self.cutoff is not None:
-            self.cutoff.arm(self.sock)
+
+class _Https(_ArmsCutoff, http.client.HTTPSConnection):
+    pass
 
 
 def _connection(parts, timeout_s: float):
