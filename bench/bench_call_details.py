@@ -41,7 +41,7 @@ from clinica_asterisk.api.names import current_names  # noqa: E402
 from clinica_asterisk.api.server import ApiServer  # noqa: E402
 from clinica_asterisk.api.signature import sign  # noqa: E402
 from clinica_asterisk.config import DEFAULTS, build_settings  # noqa: E402
-from clinica_asterisk.store import Store  # noqa: E402
+from clinica_asterisk.store.database import Store  # noqa: E402
 
 KEY, SECRET = "bench", "bench-secret"
 FIRST_ID = 1_700_000_000_000

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from clinica_asterisk.asterisk_peer import substitute
+from clinica_asterisk.devtools.asterisk_peer import substitute
 
 BIN = os.path.dirname(sys.executable)
 SERVE = [os.path.join(BIN, "clinica-asterisk"), "serve", "--no-api", "--bind", "127.0.0.1:0"]
@@ -58,7 +58,7 @@ ROUNDS = 6
 # --- the CRM stub, in a process of its own ---------------------------------------------------
 
 def _sink_main(port: int, behaviour: str, ready, count, first_at, last_at) -> None:
-    from clinica_asterisk.crm_sink import CrmSink
+    from clinica_asterisk.devtools.crm_sink import CrmSink
 
     def on_push(fields):
         now = time.time()
@@ -199,7 +199,7 @@ class Calls:
     """A fresh copy of the recorded ring-in for every session."""
 
     def __init__(self):
-        from clinica_asterisk.simulation import ARGS, recorded_calls
+        from clinica_asterisk.devtools.simulation import ARGS, recorded_calls
 
         ring = recorded_calls()["in-801"][0].with_args(ARGS["ring-in"])
         self.variables = dict(ring.variables)

@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_real_calls.py --quick    # a smoke run, about 2 minutes
 
 Real calls on a real Asterisk (22 with the FreePBX-17-shaped dialplan of ``tests/lab/``, or
-``--asterisk 20 --shape pbx16``), started by ``tests/real_pbx.py`` in a network namespace of
+``--asterisk 20 --shape pbx16``), started by ``tests/support/real_pbx.py`` in a network namespace of
 its own, once per mode:
 
 * ``none``: the same PBX without our ``#include`` (FreePBX's empty hook stubs): the baseline;
@@ -72,7 +72,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-import real_pbx  # noqa: E402  (tests/real_pbx.py: finding Asterisk, namespaces, the lab)
+from support import real_pbx  # noqa: E402  (tests/support/real_pbx.py: finding Asterisk, namespaces, the lab)
 
 MODES = ("none", "fastagi", "script")
 MODE_LABEL = {"none": "no hooks", "fastagi": "FastAGI", "script": "script"}

@@ -44,7 +44,7 @@ from clinica_asterisk.api.directory import Directory  # noqa: E402
 from clinica_asterisk.api.names import current_names  # noqa: E402
 from clinica_asterisk.api.server import ApiServer  # noqa: E402
 from clinica_asterisk.api.signature import sign  # noqa: E402
-from clinica_asterisk.store import Store  # noqa: E402
+from clinica_asterisk.store.database import Store  # noqa: E402
 
 OPEN_CALLS = 20
 HOUR = 3600

@@ -3,23 +3,11 @@ import sys
 
 import pytest
 
-from clinica_asterisk.config import DEFAULTS, build_settings
-from clinica_asterisk.crm_sink import CrmSink
+from clinica_asterisk.devtools.crm_sink import CrmSink
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-
-def make_settings(data_dir, **overrides):
-    values = dict(DEFAULTS)
-    values["CLINICA_DATA_DIR"] = str(data_dir)
-    # A test machine that is a FreePBX (with /etc/freepbx.conf) must not read its database.
-    values["CLINICA_FREEPBX_DB"] = "off"
-    values.update({f"CLINICA_{k.upper()}": str(v) for k, v in overrides.items()})
-    if "answer_deadline_ms" not in overrides:
-        # Tests compare exact outcomes: their answer hooks wait for the push like the others
-        # (the short answer deadline has tests of its own).
-        values["CLINICA_ANSWER_DEADLINE_MS"] = values["CLINICA_HOOK_DEADLINE_MS"]
-    return build_settings(values)
+from support.settings import make_settings  # noqa: E402,F401  (fixtures below use it)
 
 
 @pytest.fixture
@@ -67,7 +55,7 @@ def settings_for(tmp_path):
 def mariadb(tmp_path_factory):
     """A real MariaDB server with FreePBX's tables, for the whole run.  Without mariadbd the
     tests that need it are skipped, except under CI, where that is a failure."""
-    from mariadb_support import MariaDb, find_program
+    from support.mariadb import MariaDb, find_program
 
     if not (find_program("mariadbd") and find_program("mariadb-install-db")):
         message = "mariadbd is not installed (apt-get install mariadb-server)"

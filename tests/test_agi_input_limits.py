@@ -10,16 +10,16 @@ import random
 import socket
 
 import pytest
-from conftest import make_settings
-from fake_asterisk import FakeCall, freepbx_calls
-from fastagi_helpers import fastagi, running_server, status_of
-from helpers import our_args, run_over_socket
+from support.settings import make_settings
+from support.fake_asterisk import FakeCall, freepbx_calls
+from support.fastagi import fastagi, running_server, status_of
+from support.helpers import our_args, run_over_socket
 
-from clinica_asterisk.agi_request import MAX_ENV_BYTES, EnvBlockError
-from clinica_asterisk.channel import LineStream
+from clinica_asterisk.agi.request import MAX_ENV_BYTES, EnvBlockError
+from clinica_asterisk.agi.channel import LineStream
 from clinica_asterisk.deadline import Deadline
-from clinica_asterisk.hooks import HookServices
-from clinica_asterisk.simulation import ARGS, recorded_calls, with_fresh_ids
+from clinica_asterisk.hooks.stages import HookServices
+from clinica_asterisk.devtools.simulation import ARGS, recorded_calls, with_fresh_ids
 
 CALLS = freepbx_calls()
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)

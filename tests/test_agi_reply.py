@@ -5,12 +5,12 @@ import threading
 
 import pytest
 from asterisk.agi import AGIAppError, AGIInvalidCommand, AGIResultHangup, AGIUnknownError, AGIUsageError
-from fake_asterisk import FakeCall, RecordedSession, serve_session
+from support.fake_asterisk import FakeCall, RecordedSession, serve_session
 
-from clinica_asterisk.agi_reply import batch_expression, parse_reply, split_batch
-from clinica_asterisk import channel as channel_module
-from clinica_asterisk.asterisk_peer import substitute
-from clinica_asterisk.channel import AgiChannel, LineStream
+from clinica_asterisk.agi.reply import batch_expression, parse_reply, split_batch
+from clinica_asterisk.agi import channel as channel_module
+from clinica_asterisk.devtools.asterisk_peer import substitute
+from clinica_asterisk.agi.channel import AgiChannel, LineStream
 from clinica_asterisk.deadline import Deadline
 
 
@@ -132,8 +132,8 @@ def test_without_csv_quote_the_values_are_read_one_by_one(caplog, monkeypatch):
 def test_every_stages_batch_fits_asterisks_agi_line():
     """res_agi reads a command into a buffer of AGI_BUF_LEN (2048) bytes; a longer one
     would be cut, and the hook would fall back to a round trip per value."""
-    from clinica_asterisk.channel import quote_argument
-    from clinica_asterisk.hooks import READS
+    from clinica_asterisk.agi.channel import quote_argument
+    from clinica_asterisk.hooks.stages import READS
 
     for stage, names in READS.items():
         line = "GET FULL VARIABLE " + quote_argument(batch_expression(names)) + "\n"

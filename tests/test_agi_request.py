@@ -1,6 +1,6 @@
 import pytest
 
-from clinica_asterisk.agi_request import MAX_ENV_LINES, AgiRequest, EnvBlockError, parse_env_block, parse_env_line
+from clinica_asterisk.agi.request import MAX_ENV_LINES, AgiRequest, EnvBlockError, parse_env_block, parse_env_line
 
 
 @pytest.mark.parametrize("line, expected", [

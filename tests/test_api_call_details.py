@@ -4,16 +4,16 @@ import json
 import os
 
 import pytest
-from api_support import CALLS, SECRET, T0, Clock, api_settings, php_verifies, play, post, requires_php, signed_body
-from binotel_shapes import check_call_details
+from support.api import CALLS, SECRET, T0, Clock, api_settings, php_verifies, play, post, requires_php, signed_body
+from support.binotel_shapes import check_call_details
 
 from clinica_asterisk.api.app import create_app
 from clinica_asterisk.api.call_details import details
 from clinica_asterisk.api.directory import Directory, Employee, parse_directory
 from clinica_asterisk.api.errors import Code
-from clinica_asterisk.delivery import PushSender
-from clinica_asterisk.hooks import HookServices
-from clinica_asterisk.store import Store
+from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.hooks.stages import HookServices
+from clinica_asterisk.store.database import Store
 
 DIRECTORY = """extension,name,email
 # reception

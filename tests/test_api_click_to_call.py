@@ -2,19 +2,19 @@
 sent, AMI failures as clear errors, and injection attempts that never reach Asterisk."""
 
 import pytest
-from api_support import api_settings, post
-from binotel_shapes import check
-from fake_ami import FakeAmi, header
-from fake_asterisk import FakeCall, freepbx_calls
-from helpers import our_args, run_over_socket
+from support.api import api_settings, post
+from support.binotel_shapes import check
+from support.fake_ami import FakeAmi, header
+from support.fake_asterisk import FakeCall, freepbx_calls
+from support.helpers import our_args, run_over_socket
 
 from clinica_asterisk.api.ami import AmiClient
 from clinica_asterisk.api.app import build_context, create_app
 from clinica_asterisk.api.click_to_call import channel_id
 from clinica_asterisk.api.errors import Code
-from clinica_asterisk.delivery import PushSender
-from clinica_asterisk.hooks import HookServices
-from clinica_asterisk.store import Store
+from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.hooks.stages import HookServices
+from clinica_asterisk.store.database import Store
 
 NOW = 1795715147.0
 REQUEST = {"ext_number": "902", "phone_number": "0639798793"}

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from api_support import KEY, OTHER_KEY, OTHER_SECRET, SECRET, api_settings, post, signed_body
+from support.api import KEY, OTHER_KEY, OTHER_SECRET, SECRET, api_settings, post, signed_body
 
 from clinica_asterisk.api import call_details
 from clinica_asterisk.api.app import create_app, resolve_method

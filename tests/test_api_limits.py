@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
-from api_support import api_settings, running_server, signed_body
-from fake_ami import FakeAmi
-from fault_support import figure
+from support.api import api_settings, running_server, signed_body
+from support.fake_ami import FakeAmi
+from support.faults import figure
 
 from clinica_asterisk.api.errors import Code
 from clinica_asterisk.api.server import CONNECTION_LIMIT, THREADS

@@ -8,12 +8,12 @@ import os
 import time
 
 import pytest
-from api_support import api_settings, running_server
+from support.api import api_settings, running_server
 
 from clinica_asterisk.api.app import build_context
 from clinica_asterisk.api.recordings import LinkSigner, load_link_key
 from clinica_asterisk.api.signature import sign
-from clinica_asterisk.store import Store
+from clinica_asterisk.store.database import Store
 
 AUDIO = b"RIFF" + bytes(range(256)) * 40
 STARTED = time.time() - 3600

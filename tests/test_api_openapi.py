@@ -14,16 +14,16 @@ import re
 
 import pytest
 import schemathesis
-from api_support import KEY, SECRET, T0, Clock, api_settings, play, running_server, CALLS
-from binotel_shapes import OPENAPI
-from fake_ami import FakeAmi
+from support.api import KEY, SECRET, T0, Clock, api_settings, play, running_server, CALLS
+from support.binotel_shapes import OPENAPI
+from support.fake_ami import FakeAmi
 from hypothesis import HealthCheck, settings
 
 from clinica_asterisk.api.app import build_context
 from clinica_asterisk.api.signature import sign
-from clinica_asterisk.delivery import PushSender
-from clinica_asterisk.hooks import HookServices
-from clinica_asterisk.store import Store
+from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.hooks.stages import HookServices
+from clinica_asterisk.store.database import Store
 
 EXAMPLES = int(os.environ.get("CLINICA_FUZZ_EXAMPLES", "25"))
 

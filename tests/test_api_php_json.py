@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from api_support import php, requires_php
+from support.api import php, requires_php
 
 from clinica_asterisk.api import php_json
 from clinica_asterisk.api.signature import signed_text

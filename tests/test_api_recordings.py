@@ -6,13 +6,13 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from api_support import api_settings, post
-from binotel_shapes import check
+from support.api import api_settings, post
+from support.binotel_shapes import check
 
 from clinica_asterisk.api.app import build_context, create_app
 from clinica_asterisk.api.errors import Code
 from clinica_asterisk.api.recordings import KEY_FILE, LinkSigner, load_link_key, recording_path
-from clinica_asterisk.store import Store
+from clinica_asterisk.store.database import Store
 
 STARTED = 1795715093.0  # 2026-11-26 in any time zone near UTC
 AUDIO = b"RIFF" + bytes(range(256)) * 40

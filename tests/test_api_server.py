@@ -8,13 +8,13 @@ import threading
 import time
 
 import pytest
-from api_support import KEY, SECRET, api_settings, base_url, php, php_verifies, requires_php, running_server, \
+from support.api import KEY, SECRET, api_settings, base_url, php, php_verifies, requires_php, running_server, \
     signed_body
-from fake_ami import FakeAmi
+from support.fake_ami import FakeAmi
 
 from clinica_asterisk.api.errors import Code
 from clinica_asterisk.api.server import ApiServer
-from clinica_asterisk.store import Store
+from clinica_asterisk.store.database import Store
 
 AUDIO = b"RIFF" + bytes(range(256)) * 64
 
@@ -71,7 +71,7 @@ def test_the_server_listens_on_loopback_serves_and_stops(tmp_path):
 
 
 def test_default_bind_is_loopback_port_8574(tmp_path):
-    from conftest import make_settings
+    from support.settings import make_settings
 
     assert make_settings(tmp_path).api_bind == ("127.0.0.1", 8574)
 

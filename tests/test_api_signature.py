@@ -4,7 +4,7 @@ and nothing else gets through."""
 import json
 
 import pytest
-from api_support import KEY, OTHER_KEY, OTHER_SECRET, SECRET, api_settings, php, php_verifies, post, requires_php
+from support.api import KEY, OTHER_KEY, OTHER_SECRET, SECRET, api_settings, php, php_verifies, post, requires_php
 
 from clinica_asterisk.api import php_json, signature
 from clinica_asterisk.api.app import answer_text, create_app, signed_response

@@ -6,17 +6,17 @@ kind of error for a period too long or an answer too large."""
 import json
 
 import pytest
-from api_support import (CALLS, SECRET, T0, Clock, api_settings, php_reads, php_verifies, play, post, requires_php,
+from support.api import (CALLS, SECRET, T0, Clock, api_settings, php_reads, php_verifies, play, post, requires_php,
                          signed_body)
-from binotel_shapes import check, check_call_details
-from fake_ami import FakeAmi, header
+from support.binotel_shapes import check, check_call_details
+from support.fake_ami import FakeAmi, header
 
 from clinica_asterisk.api.app import build_context, create_app
 from clinica_asterisk.api.errors import Code
 from clinica_asterisk.api.stats import DAY_S, MAX_CALLS, day_bounds, number_forms
-from clinica_asterisk.delivery import PushSender
-from clinica_asterisk.hooks import HookServices
-from clinica_asterisk.store import Store
+from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.hooks.stages import HookServices
+from clinica_asterisk.store.database import Store
 
 DIRECTORY = """extension,name,email
 801,Наталия Сторожук,nataliiastorozhuk@medakadem.com

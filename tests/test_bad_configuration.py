@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_settings
-from fake_asterisk import FakeCall, freepbx_calls, run_script
-from helpers import our_args
+from support.settings import make_settings
+from support.fake_asterisk import FakeCall, freepbx_calls, run_script
+from support.helpers import our_args
 
 from clinica_asterisk.config import DEFAULTS, ConfigError, build_settings, load_settings
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from clinica_asterisk.call_flow import (
+from clinica_asterisk.calls.plans import (
     NumberFormat, disposition, extension_of, extension_of_channel, plan_answer, plan_dial,
     plan_hangup, plan_ring_in, plan_ring_out, talk_seconds)
 

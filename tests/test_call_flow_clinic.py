@@ -3,11 +3,11 @@ blind and attended transfers, voicemail, a click-to-call nobody answers."""
 
 import pytest
 
-from clinica_asterisk.call_flow import (
+from clinica_asterisk.calls.plans import (
     CONSULT_GONE, CONSULT_RINGING, CONSULT_UP, TRANSFERER_LEFT, NumberFormat, party_of_channel,
     party_of_dial_target, plan_answer, plan_dial, plan_hangup, plan_transfer)
-from clinica_asterisk.dial_options import dial_string_with_answer_routine, dial_targets, split_dial_string
-from clinica_asterisk.events import build_payload, transfer_keys, wanted_events
+from clinica_asterisk.calls.dial_options import dial_string_with_answer_routine, dial_targets, split_dial_string
+from clinica_asterisk.calls.events import build_payload, transfer_keys, wanted_events
 
 FMT = NumberFormat()
 
@@ -204,7 +204,7 @@ def test_click_to_call_that_reached_the_trunk_is_ended_by_the_trunk_leg():
 
 
 def test_click_to_call_talk_time_starts_when_the_client_answers():
-    from clinica_asterisk.call_flow import plan_ring_out, talk_seconds
+    from clinica_asterisk.calls.plans import plan_ring_out, talk_seconds
     call = click_to_call(internal_number="801")
     plan = plan_ring_out(call, {"number": "0670219424", "trunk": "1", "caller_state": "Up"}, FMT, 5.0)
     assert plan.changes["pre_answered"] == 1
@@ -214,7 +214,7 @@ def test_click_to_call_talk_time_starts_when_the_client_answers():
 
 
 def test_blind_transfer_to_an_outside_number():
-    from clinica_asterisk.call_flow import plan_ring_out
+    from clinica_asterisk.calls.plans import plan_ring_out
     call = answered()
     plan = plan_ring_out(call, {"number": "0670219499", "trunk": "1", "caller_state": "Up"}, FMT, 20.0)
     assert plan.events == () and plan.answer_leg == "bxfer" and plan.changes["dst_numbers"] == ["806", "0670219499"]

@@ -4,10 +4,10 @@ import socket
 import threading
 
 import pytest
-from fake_asterisk import FakeCall, asterisk22_sessions, serve_session, split_command
+from support.fake_asterisk import FakeCall, asterisk22_sessions, serve_session, split_command
 
-from clinica_asterisk.agi_request import EnvBlockError
-from clinica_asterisk.channel import AgiChannel, ChannelClosed, LineStream, quote_argument
+from clinica_asterisk.agi.request import EnvBlockError
+from clinica_asterisk.agi.channel import AgiChannel, ChannelClosed, LineStream, quote_argument
 from clinica_asterisk.deadline import Deadline, DeadlineExceeded
 
 

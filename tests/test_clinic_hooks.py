@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from binotel_shapes import check_push
-from fake_asterisk import FakeCall, RecordedSession
-from helpers import run_over_socket
+from support.binotel_shapes import check_push
+from support.fake_asterisk import FakeCall, RecordedSession
+from support.helpers import run_over_socket
 
-from clinica_asterisk.hooks import HookServices
+from clinica_asterisk.hooks.stages import HookServices
 
 
 class Clock:

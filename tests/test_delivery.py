@@ -7,14 +7,14 @@ import sys
 import threading
 
 import pytest
-from fake_asterisk import FakeCall, freepbx_calls, serve_session
-from helpers import our_args, play_freepbx_call, run_over_socket
+from support.fake_asterisk import FakeCall, freepbx_calls, serve_session
+from support.helpers import our_args, play_freepbx_call, run_over_socket
 
-from clinica_asterisk.crm_sink import CrmSink
-from clinica_asterisk.delivery import PushSender, deliver_pass
-from clinica_asterisk.hooks import QUEUED, SENT, HookServices
-from clinica_asterisk.outbox import Outbox
-from clinica_asterisk.store import Store
+from clinica_asterisk.devtools.crm_sink import CrmSink
+from clinica_asterisk.delivery.push import PushSender, deliver_pass
+from clinica_asterisk.hooks.stages import QUEUED, SENT, HookServices
+from clinica_asterisk.store.outbox import Outbox
+from clinica_asterisk.store.database import Store
 
 CALLS = freepbx_calls()
 BIN = os.path.dirname(sys.executable)

@@ -1,6 +1,6 @@
 import pytest
 
-from clinica_asterisk.dial_options import split_options, with_answer_routine
+from clinica_asterisk.calls.dial_options import split_options, with_answer_routine
 
 
 def test_split_keeps_arguments_and_nesting():

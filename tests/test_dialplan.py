@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from clinica_asterisk.dial_options import ANSWER_ROUTINE
-from clinica_asterisk.hooks import HANDLERS
+from clinica_asterisk.calls.dial_options import ANSWER_ROUTINE
+from clinica_asterisk.hooks.stages import HANDLERS
 
 DIALPLAN = Path(__file__).resolve().parent.parent / "dialplan" / "extensions_clinica.conf"
 

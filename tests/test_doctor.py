@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from clinica_asterisk import cli
-from clinica_asterisk.commands import doctor
-from clinica_asterisk.outbox import Outbox
-from clinica_asterisk.store import Store
+from clinica_asterisk.cli import main as cli
+from clinica_asterisk.cli import doctor
+from clinica_asterisk.store.outbox import Outbox
+from clinica_asterisk.store.database import Store
+from support.net import free_port
 
 # pyst2's threads use names deprecated since Python 3.10.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -104,12 +105,6 @@ def listener():
     return sock
 
 
-def free_port():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 @pytest.fixture
@@ -449,7 +444,7 @@ def test_a_check_that_breaks_is_a_failure_not_a_crash():
 
 
 def test_invalid_configuration_is_the_failed_check(tmp_path, capsys, monkeypatch):
-    from clinica_asterisk.cli import ExitStatus, main
+    from clinica_asterisk.cli.main import ExitStatus, main
 
     env_file = tmp_path / "bad.env"
     env_file.write_text("CLINICA_HOOK_DEADLINE_MS=soon\n")
@@ -462,7 +457,7 @@ def test_invalid_configuration_is_the_failed_check(tmp_path, capsys, monkeypatch
 # --- FreePBX's database -------------------------------------------------------------------
 
 def test_freepbx_s_database_read_says_how_much_it_found_and_never_the_password(setup, capsys, freepbx_db):
-    from mariadb_support import RO_PASSWORD
+    from support.mariadb import RO_PASSWORD
 
     setup.write(freepbx_db=freepbx_db.url())
     status, lines, out = run_doctor(capsys)
@@ -476,7 +471,7 @@ def test_freepbx_s_database_read_says_how_much_it_found_and_never_the_password(s
 
 
 def test_freepbx_s_own_credentials_are_used_by_auto(setup, capsys, freepbx_db, tmp_path):
-    from mariadb_support import FREEPBX_PASSWORD
+    from support.mariadb import FREEPBX_PASSWORD
 
     conf = tmp_path / "freepbx.conf"
     conf.write_text(f'<?php\n$amp_conf["AMPDBUSER"] = "freepbxuser";\n$amp_conf["AMPDBPASS"] = "{FREEPBX_PASSWORD}";\n'
@@ -489,7 +484,7 @@ def test_freepbx_s_own_credentials_are_used_by_auto(setup, capsys, freepbx_db, t
 
 
 def test_a_freepbx_database_that_cannot_be_reached_fails(setup, capsys, freepbx_db):
-    from mariadb_support import RO_PASSWORD
+    from support.mariadb import RO_PASSWORD
 
     port = free_port()
     setup.write(freepbx_db=freepbx_db.url(port=port))

@@ -3,10 +3,10 @@
 import threading
 
 import pytest
-from fake_asterisk import FakeCall, freepbx_calls
-from helpers import our_args, run_over_socket
+from support.fake_asterisk import FakeCall, freepbx_calls
+from support.helpers import our_args, run_over_socket
 
-from clinica_asterisk.hooks import HookServices
+from clinica_asterisk.hooks.stages import HookServices
 
 CALLS = freepbx_calls()
 

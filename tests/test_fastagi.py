@@ -12,19 +12,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import make_settings
-from fake_asterisk import FakeCall, asterisk22_sessions, freepbx_calls, run_script
-from fastagi_helpers import GatedCrm, exchange, fastagi, running_server, status_of
-from helpers import our_args, play_freepbx_call
+from support.settings import make_settings
+from support.fake_asterisk import FakeCall, asterisk22_sessions, freepbx_calls, run_script
+from support.fastagi import GatedCrm, exchange, fastagi, running_server, status_of
+from support.helpers import our_args, play_freepbx_call
 
-from clinica_asterisk.agi_request import MAX_LINE_BYTES
-from clinica_asterisk.crm_sink import CrmSink
-from clinica_asterisk.delivery import PushSender, deliver_pass
-from clinica_asterisk.fastagi import MAX_POOL, WorkerPool, client_allowed
-from clinica_asterisk.hooks import HookServices
-from clinica_asterisk.outbox import Outbox
-from clinica_asterisk.simulation import ARGS, recorded_calls, with_fresh_ids
-from clinica_asterisk.store import Store
+from clinica_asterisk.agi.request import MAX_LINE_BYTES
+from clinica_asterisk.devtools.crm_sink import CrmSink
+from clinica_asterisk.delivery.push import PushSender, deliver_pass
+from clinica_asterisk.hooks.fastagi import MAX_POOL, WorkerPool, client_allowed
+from clinica_asterisk.hooks.stages import HookServices
+from clinica_asterisk.store.outbox import Outbox
+from clinica_asterisk.devtools.simulation import ARGS, recorded_calls, with_fresh_ids
+from clinica_asterisk.store.database import Store
 
 FASTAGI_RECORDED = asterisk22_sessions("fastagi-sessions.jsonl")
 SCRIPT = [os.path.join(os.path.dirname(sys.executable), "clinica-agi")]
@@ -360,7 +360,7 @@ def test_pool_reports_how_long_its_oldest_job_has_run():
 def test_server_is_unhealthy_while_a_worker_is_stuck_past_any_deadline(tmp_path):
     clock = FakeClock()
     settings = make_settings(tmp_path / "data")
-    from clinica_asterisk.fastagi import STUCK_MARGIN_S, FastAgiServer, max_session_s
+    from clinica_asterisk.hooks.fastagi import STUCK_MARGIN_S, FastAgiServer, max_session_s
 
     server = FastAgiServer(settings, bind=("127.0.0.1", 0), clock=clock)
     release, started = threading.Event(), threading.Event()

@@ -17,11 +17,11 @@ import threading
 import time
 
 import pytest
-from api_support import api_settings, running_server, signed_body
-from fake_asterisk import FakeCall, run_script
-from fault_support import BIN, FaultyCrm, Serve, duplicates, environment, figure, pushes_of, wait_until, waiting
+from support.api import api_settings, running_server, signed_body
+from support.fake_asterisk import FakeCall, run_script
+from support.faults import BIN, FaultyCrm, Serve, duplicates, environment, figure, pushes_of, wait_until, waiting
 
-from clinica_asterisk.simulation import ARGS, play_session, recorded_calls, with_fresh_ids
+from clinica_asterisk.devtools.simulation import ARGS, play_session, recorded_calls, with_fresh_ids
 
 pytestmark = pytest.mark.fault
 
@@ -129,7 +129,7 @@ def empty_the_wal(data_dir):
 
 
 def test_a_full_disk_fails_the_hook_cleanly_and_the_call_goes_on(tmp_path):
-    from fake_asterisk import serve_session
+    from support.fake_asterisk import serve_session
 
     crm = FaultyCrm()
     env = environment(tmp_path, crm_push_url=crm.url, log_file="", **dict(QUICK, hook_deadline_ms=2000))

@@ -2,11 +2,11 @@
 real sockets, pushed to a real HTTP server: the exact events the CRM receives."""
 
 import pytest
-from binotel_shapes import check_push
-from fake_asterisk import FakeCall, freepbx_calls
-from helpers import our_args, play_freepbx_call, run_over_socket
+from support.binotel_shapes import check_push
+from support.fake_asterisk import FakeCall, freepbx_calls
+from support.helpers import our_args, play_freepbx_call, run_over_socket
 
-from clinica_asterisk.hooks import HookServices
+from clinica_asterisk.hooks.stages import HookServices
 
 CALLS = freepbx_calls()
 

@@ -10,10 +10,10 @@ import time
 
 import pytest
 import requests
-from api_support import CALLS, T0, Clock, api_settings, base_url, play, running_server, signed_body
-from binotel_shapes import check
-from fake_ami import FakeAmi
-from mariadb_support import FREEPBX_PASSWORD, FREEPBX_USER, RO_PASSWORD, TcpRelay, free_port
+from support.api import CALLS, T0, Clock, api_settings, base_url, play, running_server, signed_body
+from support.binotel_shapes import check
+from support.fake_ami import FakeAmi
+from support.mariadb import FREEPBX_PASSWORD, FREEPBX_USER, RO_PASSWORD, TcpRelay, free_port
 
 from clinica_asterisk.api.app import build_context
 from clinica_asterisk.api.directory import Employee
@@ -33,9 +33,9 @@ from clinica_asterisk.api.freepbx_db import (
 from clinica_asterisk.api.inbound_routes import InboundRoute, route_name
 from clinica_asterisk.api.names import MergedEmployees
 from clinica_asterisk.config import DEFAULTS, ConfigError, build_settings
-from clinica_asterisk.delivery import PushSender
-from clinica_asterisk.hooks import HookServices
-from clinica_asterisk.store import Store
+from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.hooks.stages import HookServices
+from clinica_asterisk.store.database import Store
 
 # --- /etc/freepbx.conf ------------------------------------------------------------------
 

@@ -16,25 +16,25 @@ import string
 import threading
 
 import pytest
-from api_support import KEY, SECRET, api_settings, signed_body
+from support.api import KEY, SECRET, api_settings, signed_body
 from asterisk.agi import AGIException
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from clinica_asterisk.agi_reply import parse_reply, split_batch
-from clinica_asterisk.agi_request import AgiRequest, EnvBlockError, parse_env_block, parse_env_line
+from clinica_asterisk.agi.reply import parse_reply, split_batch
+from clinica_asterisk.agi.request import AgiRequest, EnvBlockError, parse_env_block, parse_env_line
 from clinica_asterisk.api import php_json, signature
 from clinica_asterisk.api.app import build_context, create_app
 from clinica_asterisk.api.auth import authenticate, parse_body
 from clinica_asterisk.api.errors import ApiError, Code
 from clinica_asterisk.api.recordings import LinkSigner, usable_range
-from clinica_asterisk.channel import AgiChannel, ChannelClosed, LineStream
+from clinica_asterisk.agi.channel import AgiChannel, ChannelClosed, LineStream
 from clinica_asterisk.config import DEFAULTS, ConfigError, build_settings, env_file_text, read_env_file
 from clinica_asterisk.deadline import Deadline
-from clinica_asterisk.hooks import HookServices, run_hook
-from clinica_asterisk.phone import digits_of, normalize
+from clinica_asterisk.hooks.stages import HookServices, run_hook
+from clinica_asterisk.calls.phone import digits_of, normalize
 from clinica_asterisk.redact import scrub, shown_url
-from clinica_asterisk.store import MAX_CALL_ID, Store, call_id_from_text
+from clinica_asterisk.store.database import MAX_CALL_ID, Store, call_id_from_text
 
 settings.register_profile("clinica-fuzz", max_examples=40, derandomize=True, deadline=None, database=None,
                           print_blob=True, suppress_health_check=[HealthCheck.too_slow,
@@ -162,7 +162,7 @@ RING_IN_ENV = (b"agi_request: clinica-agi\nagi_channel: PJSIP/trunk-00000001\nag
 
 @pytest.fixture(scope="module")
 def hook_services(tmp_path_factory):
-    from conftest import make_settings
+    from support.settings import make_settings
 
     with socket.socket() as s:  # a CRM that is down: refused at once
         s.bind(("127.0.0.1", 0))

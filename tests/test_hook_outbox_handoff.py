@@ -5,14 +5,14 @@ import os
 import random
 import time
 
-from fake_asterisk import FakeCall, SocketPeer
+from support.fake_asterisk import FakeCall, SocketPeer
 
-from clinica_asterisk.channel import AgiChannel, LineStream
+from clinica_asterisk.agi.channel import AgiChannel, LineStream
 from clinica_asterisk.deadline import Deadline
-from clinica_asterisk.delivery import send_leased_events
-from clinica_asterisk.hooks import HookServices, apply_stage
-from clinica_asterisk.outbox import HOST, lease_owner
-from clinica_asterisk.simulation import ARGS, recorded_calls, with_fresh_ids
+from clinica_asterisk.delivery.push import send_leased_events
+from clinica_asterisk.hooks.stages import HookServices, apply_stage
+from clinica_asterisk.store.outbox import HOST, lease_owner
+from clinica_asterisk.devtools.simulation import ARGS, recorded_calls, with_fresh_ids
 
 
 def test_the_worker_leaves_a_hooks_fresh_event_to_the_hook_until_its_deadline(settings_for, closed_port_url):

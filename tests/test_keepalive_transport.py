@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from clinica_asterisk.delivery import KeepAliveTransport, PushSender
+from clinica_asterisk.delivery.push import KeepAliveTransport, PushSender
 
 PAYLOAD = {"requestType": "receivedTheCall", "generalCallID": "42", "externalNumber": "0670219424"}
 

@@ -1,6 +1,6 @@
 import pytest
 
-from clinica_asterisk.phone import digits_of, normalize
+from clinica_asterisk.calls.phone import digits_of, normalize
 
 
 @pytest.mark.parametrize("raw, expected", [

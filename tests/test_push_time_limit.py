@@ -6,11 +6,11 @@ import threading
 import time
 
 import pytest
-from fault_support import FaultyCrm, wait_until
+from support.faults import FaultyCrm, wait_until
 
-from clinica_asterisk.delivery import IN_FLIGHT, SENT, KeepAliveTransport, OneShotTransport, PushSender, deliver_one
-from clinica_asterisk.outbox import Outbox, lease_owner
-from clinica_asterisk.store import Store
+from clinica_asterisk.delivery.push import IN_FLIGHT, SENT, KeepAliveTransport, OneShotTransport, PushSender, deliver_one
+from clinica_asterisk.store.outbox import Outbox, lease_owner
+from clinica_asterisk.store.database import Store
 
 PAYLOAD = {"requestType": "receivedTheCall", "generalCallID": "42"}
 

@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from fake_asterisk import freepbx_calls
-from helpers import play_freepbx_call
+from support.fake_asterisk import freepbx_calls
+from support.helpers import play_freepbx_call
 
-from clinica_asterisk.crm_sink import CrmSink
-from clinica_asterisk.delivery import KeepAliveTransport, OneShotTransport, PushSender
-from clinica_asterisk.hooks import HookServices
+from clinica_asterisk.devtools.crm_sink import CrmSink
+from clinica_asterisk.delivery.push import KeepAliveTransport, OneShotTransport, PushSender
+from clinica_asterisk.hooks.stages import HookServices
 
 BIN = os.path.dirname(sys.executable)
 PASSWORD, TOKEN = "pw-9d41c7e0", "tok-3b8e52aa"

@@ -1,5 +1,5 @@
 """Real calls on a real Asterisk: for each combination of Asterisk, FreePBX shape and hook
-mode, tests/real_pbx.py places every scenario's call through a FreePBX-shaped PBX with
+mode, tests/support/real_pbx.py places every scenario's call through a FreePBX-shaped PBX with
 clinica-asterisk installed as a user installs it, and these tests compare what the CRM
 stand-in received (and what stats/call-details answers) with EXPECTED below.
 
@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-import real_pbx
+from support import real_pbx
 
 # (Asterisk, FreePBX shape, hook mode), in the order they start: two at a time when
 # namespaces allow, a script-mode run (Python per hook) beside a FastAGI one.

@@ -13,22 +13,22 @@ import threading
 import time
 
 import pytest
-from api_support import api_settings, post
-from conftest import make_settings
-from fake_ami import FakeAmi
-from fake_asterisk import FakeCall, freepbx_calls
-from fastagi_helpers import WAIT_S
-from helpers import our_args, run_over_socket
+from support.api import api_settings, post
+from support.settings import make_settings
+from support.fake_ami import FakeAmi
+from support.fake_asterisk import FakeCall, freepbx_calls
+from support.fastagi import WAIT_S
+from support.helpers import our_args, run_over_socket
 
 from clinica_asterisk.api.app import build_context, create_app
 from clinica_asterisk.api.call_details import details
-from clinica_asterisk.commands.serve import DeliveryWorker
-from clinica_asterisk.crm_sink import CrmSink
-from clinica_asterisk.delivery import PushSender, deliver_pass
-from clinica_asterisk.hooks import HookServices
-from clinica_asterisk.outbox import Outbox
-from clinica_asterisk.reconcile import Reconciler
-from clinica_asterisk.store import Store
+from clinica_asterisk.cli.serve import DeliveryWorker
+from clinica_asterisk.devtools.crm_sink import CrmSink
+from clinica_asterisk.delivery.push import PushSender, deliver_pass
+from clinica_asterisk.hooks.stages import HookServices
+from clinica_asterisk.store.outbox import Outbox
+from clinica_asterisk.delivery.reconcile import Reconciler
+from clinica_asterisk.store.database import Store
 
 CALLS = freepbx_calls()
 BIN = os.path.dirname(sys.executable)

@@ -3,7 +3,7 @@ calls are over, and what closing one stores and sends."""
 
 import pytest
 
-from clinica_asterisk.reconcile import ChannelListError, close_call, grace_s, parse_channel_list, plan_sweep
+from clinica_asterisk.delivery.reconcile import ChannelListError, close_call, grace_s, parse_channel_list, plan_sweep
 
 AID = "clinica-4242-1"
 

@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-from fake_asterisk import FakeCall, asterisk22_sessions, run_script
-from fault_support import figure, outbox_rows, wait_until
+from support.fake_asterisk import FakeCall, asterisk22_sessions, run_script
+from support.faults import figure, outbox_rows, wait_until
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "clinica-agi")
 # A call from a trunk to 801, as recorded on Asterisk 22: one receivedTheCall to send.

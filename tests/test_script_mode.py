@@ -5,7 +5,7 @@ import os
 import sys
 
 import pytest
-from fake_asterisk import FakeCall, asterisk22_sessions, run_script
+from support.fake_asterisk import FakeCall, asterisk22_sessions, run_script
 
 SCRIPT = [os.path.join(os.path.dirname(sys.executable), "clinica-agi")]
 SESSIONS = asterisk22_sessions()

@@ -15,11 +15,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fake_asterisk import FakeCall
-from fastagi_helpers import WAIT_S, GatedCrm, fastagi, status_of
+from support.fake_asterisk import FakeCall
+from support.fastagi import WAIT_S, GatedCrm, fastagi, status_of
 
-from clinica_asterisk.crm_sink import CrmSink
-from clinica_asterisk.simulation import ARGS, recorded_calls, with_fresh_ids
+from clinica_asterisk.devtools.crm_sink import CrmSink
+from clinica_asterisk.devtools.simulation import ARGS, recorded_calls, with_fresh_ids
+from support.net import free_port
 
 CLI = os.path.join(os.path.dirname(sys.executable), "clinica-asterisk")
 
@@ -181,12 +182,6 @@ def test_events_queued_while_the_crm_was_down_are_sent_when_it_comes_back(start_
         back.stop()
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_serve_runs_the_crm_api_beside_the_fastagi_server(start_service, crm):
@@ -258,7 +253,7 @@ def test_out_of_file_descriptors_refuses_instead_of_leaving_calls_in_the_backlog
 
 
 def test_a_pool_too_large_for_the_agi_channel_stops_start_up(tmp_path):
-    from clinica_asterisk.fastagi import MAX_POOL
+    from clinica_asterisk.hooks.fastagi import MAX_POOL
 
     (tmp_path / "empty.env").write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLINICA_", "NOTIFY_"))}

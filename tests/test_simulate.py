@@ -1,7 +1,7 @@
 """``clinica-asterisk simulate`` and ``crm-sink``: a newcomer without a PBX sees the pushes
 of four recorded calls arrive at a local CRM stand-in.
 
-Run this file as a script to regenerate ``clinica_asterisk/recorded_calls.json`` from the
+Run this file as a script to regenerate ``clinica_asterisk/devtools/recorded_calls.json`` from the
 recordings."""
 
 import json
@@ -12,14 +12,14 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conftest import make_settings
-from fake_asterisk import ASTERISK22
-from fastagi_helpers import WAIT_S, running_server
+from support.settings import make_settings
+from support.fake_asterisk import ASTERISK22
+from support.fastagi import WAIT_S, running_server
 
-from clinica_asterisk import cli
-from clinica_asterisk.asterisk_peer import session_from_recording
-from clinica_asterisk.commands.crm_sink import format_push
-from clinica_asterisk.simulation import CALLS, RECORDED_CALLS, recorded_calls, simulate, with_fresh_ids
+from clinica_asterisk.cli import main as cli
+from clinica_asterisk.devtools.asterisk_peer import session_from_recording
+from clinica_asterisk.cli.crm_sink import format_push
+from clinica_asterisk.devtools.simulation import CALLS, RECORDED_CALLS, recorded_calls, simulate, with_fresh_ids
 
 CLI = os.path.join(os.path.dirname(sys.executable), "clinica-asterisk")
 SHIPPED = RECORDED_CALLS

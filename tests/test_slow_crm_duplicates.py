@@ -14,11 +14,11 @@ import threading
 import time
 
 import pytest
-from fake_asterisk import FakeCall, run_script
-from fault_support import (BIN, FaultyCrm, Serve, deliver_once, duplicates, environment, figure, pushes_of,
+from support.fake_asterisk import FakeCall, run_script
+from support.faults import (BIN, FaultyCrm, Serve, deliver_once, duplicates, environment, figure, pushes_of,
                            wait_until, waiting)
 
-from clinica_asterisk.simulation import ARGS, play_session, recorded_calls, with_fresh_ids
+from clinica_asterisk.devtools.simulation import ARGS, play_session, recorded_calls, with_fresh_ids
 
 pytestmark = pytest.mark.fault
 

@@ -2,7 +2,7 @@
 
 import multiprocessing
 
-from clinica_asterisk.store import Store
+from clinica_asterisk.store.database import Store
 
 
 def open_and_write(path):
@@ -25,7 +25,7 @@ def test_many_processes_opening_a_new_store_together_all_succeed(tmp_path):
 def test_a_store_of_the_first_version_is_migrated_keeping_its_calls(tmp_path):
     import sqlite3
 
-    from clinica_asterisk.store import SCHEMA, SCHEMA_VERSION, StoreError
+    from clinica_asterisk.store.database import SCHEMA, SCHEMA_VERSION, StoreError
 
     path = str(tmp_path / "clinica.sqlite3")
     old = sqlite3.connect(path)

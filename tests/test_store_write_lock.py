@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from clinica_asterisk.store import FairLock, Store, StoreError
+from clinica_asterisk.store.database import FairLock, Store, StoreError
 
 
 class Queue(collections.deque):

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from clinica_asterisk.systemd_notify import SystemdNotifier
+from clinica_asterisk.cli.systemd_notify import SystemdNotifier
 
 
 class Clock:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from clinica_asterisk.delivery import KeepAliveTransport, OneShotTransport, PushSender
+from clinica_asterisk.delivery.push import KeepAliveTransport, OneShotTransport, PushSender
 
 PAYLOAD = {"didNumber": "0443334000", "externalNumber": "+380670219424", "internalNumber": "801",
            "generalCallID": "1795715093000", "callType": "0", "companyID": "3041",

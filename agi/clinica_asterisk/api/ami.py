@@ -8,7 +8,7 @@ each come within ``timeout_s``, else the session is cut and :class:`AmiTimeout` 
 One short session per click-to-call (connect, login, one action, logoff): nothing to keep
 alive, nothing to reconnect, and a stuck Asterisk costs one request its time limit.  The
 same for an action that answers with a list of events (``CoreShowChannels``, see
-:mod:`clinica_asterisk.reconcile`): the whole list, up to its ``…Complete`` event, must
+:mod:`clinica_asterisk.delivery.reconcile`): the whole list, up to its ``…Complete`` event, must
 come within ``timeout_s`` of the response.
 """
 

@@ -22,10 +22,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from flask import Flask, Response, request, send_file
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from ..call_flow import NumberFormat
+from ..calls.plans import NumberFormat
 from ..config import Settings
-from ..reconcile import LIST_ACTION, LIST_END, ChannelListError, grace_s, parse_channel_list
-from ..store import MAX_CALL_ID, StoreError
+from ..delivery.reconcile import LIST_ACTION, LIST_END, ChannelListError, grace_s, parse_channel_list
+from ..store.database import MAX_CALL_ID, StoreError
 from . import call_details, click_to_call, employees, hangup, recordings, stats
 from .ami import AmiClient, AmiError, ami_client
 from .auth import answer_secret, authenticate, parse_body

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping
 
-from . import php_json, signature
+from . import php_json
+from . import signature
 from .errors import ApiError, Code
 
 

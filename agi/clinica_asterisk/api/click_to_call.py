@@ -11,7 +11,7 @@ the Originate hands the id to the new channels as the inherited variable
 ``__CLINICA_CALLID``, which every hook reads first: the pushes of this call carry the
 ``generalCallID`` this method answers.  It also names the first channel (``ChannelId``,
 :func:`channel_id`): that uniqueid is the linkedid of every channel of the call, stored
-with it, so :mod:`clinica_asterisk.reconcile` can tell whether Asterisk still has the call
+with it, so :mod:`clinica_asterisk.delivery.reconcile` can tell whether Asterisk still has the call
 even when no hook ever ran for it (an extension that never answered).
 
 Binotel's optional parameters (:func:`parse_request`): ``callTimeToExt`` (how long the
@@ -29,11 +29,11 @@ import logging
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
-from ..call_flow import NumberFormat
+from ..calls.plans import NumberFormat
 from ..config import Settings
-from ..hooks import CALLID_VARIABLE
-from ..phone import digits_of
-from ..store import Store, StoreError
+from ..variables import CALLID_VARIABLE
+from ..calls.phone import digits_of
+from ..store.database import Store, StoreError
 from .ami import AmiClient, AmiError, AmiLoginFailed, AmiRefused, AmiTimeout
 from .directory import Directory
 from .errors import ApiError, Code

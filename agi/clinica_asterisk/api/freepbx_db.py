@@ -260,7 +260,7 @@ def read_freepbx(target: DbTarget, connect_timeout_s: float = CONNECT_TIMEOUT_S,
 def trunks_from_rows(rows: Iterable[Sequence]) -> Dict[str, str]:
     """Trunk id -> the number of its Outbound CallerID (``"Clinic" <0443334000>`` ->
     ``0443334000``); trunks without one are left out."""
-    from ..phone import digits_of
+    from ..calls.phone import digits_of
 
     trunks: Dict[str, str] = {}
     for trunkid, outcid in rows:

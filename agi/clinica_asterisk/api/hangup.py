@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ..reconcile import LIST_ACTION, LIST_END
-from ..store import Store
+from ..delivery.reconcile import LIST_ACTION, LIST_END
+from ..store.database import Store
 from .ami import AmiClient, AmiError
 from .call_details import parse_id
 from .click_to_call import ami_api_error

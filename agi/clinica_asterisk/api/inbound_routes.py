@@ -5,7 +5,7 @@ matches (empty: any DID; a leading ``_`` makes it an Asterisk pattern such as
 ``_04433340XX``), ``cidnum`` the caller id it is limited to (empty: any caller) and
 ``description`` the route's name.  Trunks deliver the same number as ``+380443334001``,
 ``380443334001`` or ``0443334001``, and the call store keeps it in the configured number
-format, so numbers are compared the way :mod:`clinica_asterisk.phone` normalises them.
+format, so numbers are compared the way :mod:`clinica_asterisk.calls.phone` normalises them.
 
 Which route names the DID: a route for exactly that number, else the most specific
 pattern that matches it, else the catch-all (empty DID); in each of these, a route for
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ..phone import digits_of, normalize
+from ..calls.phone import digits_of, normalize
 
 
 @dataclass(frozen=True)

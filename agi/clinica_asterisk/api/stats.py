@@ -29,7 +29,7 @@ import logging
 import sqlite3
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..phone import digits_of, normalize
+from ..calls.phone import digits_of, normalize
 from .call_details import SELECT_CALLS, call_and_seen, entries
 from .errors import ApiError, Code
 from .names import Names

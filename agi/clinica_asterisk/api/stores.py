@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import List
 
-from ..store import Store
+from ..store.database import Store
 
 
 class StorePerThread:

@@ -34,7 +34,7 @@ in a namespace of its own and cleans up after it.
 
 As a script (prints the JSON)::
 
-    .venv/bin/python tests/real_pbx.py --asterisk 22 --shape pbx17 --mode script
+    .venv/bin/python tests/support/real_pbx.py --asterisk 22 --shape pbx17 --mode script
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from .net import free_port
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # tests/
 REPO = HERE.parent
 LAB = HERE / "lab"
 DIALPLAN = REPO / "dialplan" / "extensions_clinica.conf"
@@ -240,10 +241,6 @@ def bring_loopback_up() -> None:
 
 # ---- small helpers ----------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout_s: float, proc: Optional[subprocess.Popen] = None) -> None:
@@ -530,7 +527,7 @@ class Run:
 def _write_env(path: Path, values: Mapping[str, str]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("# written by tests/real_pbx.py for one lab run\n")
+        f.write("# written by tests/support/real_pbx.py for one lab run\n")
         for key, value in values.items():
             f.write(f"{key}={value}\n")
     os.chmod(path, 0o600)
@@ -568,7 +565,7 @@ def start_lab(combo: Combination, run: Run, on_push=None, extra_pbx_files: Seque
     world, the PBX with clinica-asterisk installed as a user installs it (mode ``none``:
     without it, and without serve), and ``clinica-asterisk serve``.  ``extra_pbx_files``
     and ``extra_world_files`` are copied into the instance's etc last (e.g. a logger.conf)."""
-    from clinica_asterisk.crm_sink import CrmSink
+    from clinica_asterisk.devtools.crm_sink import CrmSink
 
     combo.check()
     prefix = find_asterisk(combo.asterisk)
@@ -817,7 +814,9 @@ def run_isolated(args: Sequence[str], workdir: Path, label: str, namespace: Opti
     # vfork() from ever racing another thread (seen as "OSError: [Errno 14] Bad address").
     with _SPAWN_LOCK:
         child = subprocess.Popen(command, stdout=errors, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+                                 start_new_session=True,  # tests/ importable: ``-m support.real_pbx``
+                                 env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                     filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))))
     errors.close()
     with _CHILDREN_LOCK:
         _CHILDREN[child.pid] = child
@@ -860,7 +859,7 @@ def run_combination(asterisk: str, shape: str, mode: str, workdir: Optional[Path
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "result.json"
-    returncode = run_isolated([str(Path(__file__).resolve()), "--asterisk", combo.asterisk, "--shape", shape,
+    returncode = run_isolated(["-m", "support.real_pbx", "--asterisk", combo.asterisk, "--shape", shape,
                                "--mode", mode, "--workdir", str(workdir), "--child", str(out)],
                               workdir, combo.name, namespace, timeout_s)
     if returncode != 0 or not out.is_file():

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Tuple
 from urllib.parse import parse_qsl
 
-from clinica_asterisk.asterisk_peer import AsteriskCall, Conversation, RecordedSession, serve_session
-from clinica_asterisk.fastagi import FastAgiServer
+from clinica_asterisk.devtools.asterisk_peer import AsteriskCall, Conversation, RecordedSession, serve_session
+from clinica_asterisk.hooks.fastagi import FastAgiServer
 
 WAIT_S = 30.0  # generous: only a failure ever waits this long
 

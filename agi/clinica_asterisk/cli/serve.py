@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import logs
-from ..cli import ExitStatus
+from .exit_status import ExitStatus
 from ..config import ConfigError, Settings, load_settings
-from ..delivery import KeepAliveTransport, PushSender, deliver_forever
-from ..fastagi import FastAgiServer, check_pool
-from ..outbox import Outbox
-from ..reconcile import Reconciler
+from ..delivery.push import KeepAliveTransport, PushSender, deliver_forever
+from ..hooks.fastagi import FastAgiServer, check_pool
+from ..store.outbox import Outbox
+from ..delivery.reconcile import Reconciler
 from ..redact import shown_url
-from ..store import Store
-from ..systemd_notify import SystemdNotifier
+from ..store.database import Store
+from .systemd_notify import SystemdNotifier
 
 log = logging.getLogger("clinica_asterisk.serve")
 

@@ -38,15 +38,15 @@ import time
 from dataclasses import replace
 from typing import Callable, Dict, Optional, Tuple
 
-from .agi_request import EnvBlockError
-from .channel import AgiChannel, ChannelClosed, LineStream
-from .config import ConfigError, Settings
-from .deadline import Deadline, DeadlineExceeded
-from .delivery import KeepAliveTransport, PushSender
-from .hooks import FAILED, HookResult, HookServices, finish, run_hook
-from .store import Store, StoreError
+from ..agi.request import EnvBlockError
+from ..agi.channel import AgiChannel, ChannelClosed, LineStream
+from ..config import ConfigError, Settings
+from ..deadline import Deadline, DeadlineExceeded
+from ..delivery.push import KeepAliveTransport, PushSender
+from .stages import FAILED, HookResult, HookServices, finish, run_hook
+from ..store.database import Store, StoreError
 
-log = logging.getLogger("clinica_asterisk.fastagi")
+log = logging.getLogger("clinica_asterisk.hooks.fastagi")
 
 # A worker may overrun the longest session by this much before the server counts as hung.
 STUCK_MARGIN_S = 5.0

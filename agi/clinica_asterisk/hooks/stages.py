@@ -19,24 +19,22 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from asterisk.agi import AGIException
 
-from . import call_flow
-from .agi_request import AgiRequest, EnvBlockError
-from .channel import AgiChannel, ChannelClosed
-from .config import Settings
-from .deadline import Deadline, DeadlineExceeded
-from .dial_options import dial_string_with_answer_routine, dial_targets, with_answer_routine
-from .delivery import CUT_GRACE_S, LEASE_MARGIN_S, RESERVE_S, PushSender, send_leased_events
-from .events import build_payload, wanted_events
-from .outbox import Outbox, OutboxEvent, lease_owner
-from .phone import digits_of
-from .store import Store, StoreError, call_id_from_text
+from ..calls import plans as call_flow
+from ..agi.request import AgiRequest, EnvBlockError
+from ..agi.channel import AgiChannel, ChannelClosed
+from ..config import Settings
+from ..deadline import Deadline, DeadlineExceeded
+from ..calls.dial_options import dial_string_with_answer_routine, dial_targets, with_answer_routine
+from ..delivery.push import CUT_GRACE_S, LEASE_MARGIN_S, RESERVE_S, PushSender, send_leased_events
+from ..calls.events import build_payload, wanted_events
+from ..store.outbox import Outbox, OutboxEvent, lease_owner
+from ..calls.phone import digits_of
+from ..store.database import Store, StoreError, call_id_from_text
+from ..variables import CALLID_VARIABLE, HANGUP_HANDLER, STATUS_VARIABLE
 
 log = logging.getLogger("clinica_asterisk.hook")
 
 SENT, QUEUED, SKIPPED, FAILED, NOTFOUND = "SENT", "QUEUED", "SKIPPED", "FAILED", "NOTFOUND"
-CALLID_VARIABLE = "CLINICA_CALLID"
-HANGUP_HANDLER = "clinica-hangup"  # the dialplan's hangup handler context
-STATUS_VARIABLE = "CLINICA_STATUS"
 
 FactReader = Callable[[AgiChannel, Sequence[str]], Dict[str, str]]
 HANDLERS: Dict[str, FactReader] = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional
 from urllib.parse import urlsplit
 
-from ..cli import ExitStatus
+from .exit_status import ExitStatus
 from ..config import DEFAULTS, SECRET_KEYS, Settings, read_env_file
 from ..redact import shown_url
 
@@ -288,8 +288,8 @@ def check_outbox(ctx: Context) -> Check:
     path = ctx.settings.db_path
     if not os.path.exists(path):
         return Check(OK, "outbox", "no call store yet (no call handled so far)")
-    from ..outbox import Outbox
-    from ..store import Store
+    from ..store.outbox import Outbox
+    from ..store.database import Store
 
     store = Store(path, busy_timeout_s=ctx.timeout_s)
     try:

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlencode, urlsplit
 
-from .outbox import Outbox, OutboxEvent, lease_owner
-from .redact import scrub
+from ..store.outbox import Outbox, OutboxEvent, lease_owner
+from ..redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +506,7 @@ class _LateStores:
         self._store = None
 
     def record(self, late: LateOutcome, attempt: Attempt) -> None:
-        from .store import Store
+        from ..store.database import Store
 
         with self._lock:
             try:
@@ -594,7 +594,7 @@ def deliver_forever(outbox: Outbox, sender: PushSender, timeout_s: float, max_ba
                     stop: threading.Event, poll_s: float = 1.0, reconciler=None) -> None:
     """The worker: a pass, then sleep until the next event is due (at most ``poll_s``).
 
-    ``reconciler`` (a :class:`~clinica_asterisk.reconcile.Reconciler`): its ``tick()`` runs
+    ``reconciler`` (a :class:`~clinica_asterisk.delivery.reconcile.Reconciler`): its ``tick()`` runs
     before each pass, so the events of the calls it closes go out in the same turn."""
     last_purge = 0.0
     while not stop.is_set():

@@ -10,7 +10,7 @@ So the script sends on its main thread, with an alarm at the hook's deadline.  I
 alarm comes first, the script forks there: the parent tells Asterisk ``QUEUED`` and
 exits; the child, in a session of its own and away from Asterisk's pipes, carries the
 POST on to the end of its time limit (a second alarm cuts it there), then records the
-outcome by exec'ing ``python -m clinica_asterisk.handoff`` (a fresh process: an SQLite
+outcome by exec'ing ``python -m clinica_asterisk.delivery.handoff`` (a fresh process: an SQLite
 connection must not be used across a fork).  The event's lease passes to the child's
 process, so no one else sends the event while its POST may be in flight; should the child
 die, the lease frees at once, as for any crash.
@@ -25,8 +25,8 @@ import sys
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
-from .delivery import Attempt, AttemptTimedOut, Cutoff, LateOutcome, PushSender, record_attempt
-from .outbox import HOST, lease_owner
+from .push import Attempt, AttemptTimedOut, Cutoff, LateOutcome, PushSender, record_attempt
+from ..store.outbox import HOST, lease_owner
 
 # The alarm comes this much before the time the caller waits, for the hand-over's write.
 HANDOFF_S = 0.05
@@ -120,17 +120,17 @@ def _record_elsewhere(late: LateOutcome, attempt: Attempt) -> None:
                                                               "ms": attempt.ms}})
     try:
         os.closerange(3, 4096)  # the parent's store, log and sockets stay with the parent
-        os.execv(sys.executable, [sys.executable, "-m", "clinica_asterisk.handoff", message])
+        os.execv(sys.executable, [sys.executable, "-m", "clinica_asterisk.delivery.handoff", message])
     finally:
         os._exit(1)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m clinica_asterisk.handoff <json>``: record a carried-on attempt's outcome."""
-    from . import logs
-    from .config import load_settings
-    from .outbox import Outbox
-    from .store import Store
+    """``python -m clinica_asterisk.delivery.handoff <json>``: record a carried-on attempt's outcome."""
+    from .. import logs
+    from ..config import load_settings
+    from ..store.outbox import Outbox
+    from ..store.database import Store
 
     data = json.loads((argv if argv is not None else sys.argv[1:])[0])
     late = LateOutcome.from_json(data["late"])

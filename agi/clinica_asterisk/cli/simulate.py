@@ -8,8 +8,8 @@ SENT, QUEUED or SKIPPED in CLINICA_STATUS."""
 
 from __future__ import annotations
 
-from ..cli import ExitStatus
-from ..simulation import CALLS, simulate
+from .exit_status import ExitStatus
+from ..devtools.simulation import CALLS, simulate
 from .serve import parse_bind
 
 

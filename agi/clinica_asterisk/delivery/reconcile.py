@@ -41,14 +41,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
-from . import call_flow
-from .api.ami import AmiError, AmiRefused, ami_client
-from .config import Settings
-from .events import HANGUP, RECEIVED, build_payload
-from .outbox import Outbox
-from .store import Store, StoreError
+from ..calls import plans as call_flow
+from ..api.ami import AmiError, AmiRefused, ami_client
+from ..config import Settings
+from ..calls.events import HANGUP, RECEIVED, build_payload
+from ..store.outbox import Outbox
+from ..store.database import Store, StoreError
 
-log = logging.getLogger("clinica_asterisk.reconcile")
+log = logging.getLogger("clinica_asterisk.delivery.reconcile")
 
 LIST_ACTION = {"Action": "CoreShowChannels"}
 LIST_ITEM, LIST_END = "CoreShowChannel", "CoreShowChannelsComplete"

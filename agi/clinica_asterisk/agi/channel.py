@@ -27,13 +27,13 @@ from typing import Dict, List, Optional, Sequence
 
 from asterisk.agi import AGI, AGIException
 
-from .agi_reply import Reply, as_expression, batch_expression, parse_reply, reply_code, split_batch
-from .agi_request import (MAX_ENV_BYTES, MAX_ENV_LINES, MAX_LINE_BYTES, AgiRequest, EnvBlockError,
+from .reply import Reply, as_expression, batch_expression, parse_reply, reply_code, split_batch
+from .request import (MAX_ENV_BYTES, MAX_ENV_LINES, MAX_LINE_BYTES, AgiRequest, EnvBlockError,
                           parse_env_block, parse_env_line)
-from .deadline import Deadline, DeadlineExceeded
+from ..deadline import Deadline, DeadlineExceeded
 
 
-log = logging.getLogger("clinica_asterisk.channel")
+log = logging.getLogger("clinica_asterisk.agi.channel")
 _batch_refused = threading.Event()
 
 

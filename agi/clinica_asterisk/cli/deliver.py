@@ -11,11 +11,11 @@ import threading
 import time
 
 from .. import logs
-from ..cli import ExitStatus
-from ..delivery import PushSender, deliver_forever, deliver_pass
-from ..outbox import Outbox
-from ..reconcile import Reconciler
-from ..store import Store
+from .exit_status import ExitStatus
+from ..delivery.push import PushSender, deliver_forever, deliver_pass
+from ..store.outbox import Outbox
+from ..delivery.reconcile import Reconciler
+from ..store.database import Store
 
 
 def add_arguments(parser) -> None:

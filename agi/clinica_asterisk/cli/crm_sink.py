@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from ..crm_sink import CrmSink
+from ..devtools.crm_sink import CrmSink
 from .serve import parse_bind
 
 FIRST = ("requestType", "generalCallID", "callType")

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import jsonschema
 import yaml
 
-OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 
 # The order of the keys of one callDetails entry and of one dstNumbers object (docs/api.md).
 CALL_DETAILS_KEYS = ["companyID", "generalCallID", "callID", "startTime", "callType", "internalNumber",

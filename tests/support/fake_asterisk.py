@@ -1,7 +1,7 @@
 """A stand-in for Asterisk's side of AGI, built from the sessions recorded on a real
 Asterisk 22 (``tests/fixtures``).
 
-How Asterisk answers commands lives in the package (:mod:`clinica_asterisk.asterisk_peer`,
+How Asterisk answers commands lives in the package (:mod:`clinica_asterisk.devtools.asterisk_peer`,
 which ``clinica-asterisk simulate`` uses too); this module loads the recordings and runs
 scripts and socket pairs against it.
 """
@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from clinica_asterisk.asterisk_peer import (  # noqa: F401  (re-exported for the tests)
+from clinica_asterisk.devtools.asterisk_peer import (  # noqa: F401  (re-exported for the tests)
     ALIASES,
     AsteriskCall,
     Conversation,
@@ -27,7 +27,7 @@ from clinica_asterisk.asterisk_peer import (  # noqa: F401  (re-exported for the
 )
 
 # The recordings live in the repository, so a bare clone runs the tests on its own.
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 ASTERISK22 = FIXTURES / "asterisk22"
 FREEPBX = FIXTURES / "freepbx-shaped"

@@ -4,14 +4,14 @@ subcommand, and map failures to exit codes in one place."""
 from __future__ import annotations
 
 import argparse
-import enum
 import importlib
 import sys
 from typing import Optional, Sequence
 
-from .config import ConfigError, load_settings
+from ..config import ConfigError, load_settings
+from .exit_status import ExitStatus
 
-# name -> (module under clinica_asterisk.commands, one-line help)
+# name -> (module in this package, one-line help)
 COMMANDS = {
     "deliver": ("deliver", "send the queued push events (once, or as a worker with --forever)"),
     "doctor": ("doctor", "check configuration, CRM, AMI, dialplan, data, outbox and ports; one line each"),
@@ -21,20 +21,12 @@ COMMANDS = {
 }
 
 
-class ExitStatus(enum.IntEnum):
-    OK = 0
-    ERROR = 1
-    CONFIG = 2
-    PENDING = 3  # deliver: events still wait (the CRM did not take them)
-    INTERRUPTED = 130
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clinica-asterisk",
                                      description="Asterisk / FreePBX to Clinica Web bridge.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(f".commands.{module_name}", __package__)
+        module = importlib.import_module(f".{module_name}", __package__)
         command = sub.add_parser(name, help=help_text, description=module.__doc__)
         module.add_arguments(command)
         command.set_defaults(run=module.run, on_config_error=getattr(module, "report_config_error", None))

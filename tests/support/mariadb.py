@@ -21,8 +21,9 @@ from typing import List, Optional
 from urllib.parse import quote
 
 import pymysql
+from .net import free_port
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "api.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/usr/local/sbin",
                                "/usr/local/bin"])
 START_TIMEOUT_S = 60
@@ -162,10 +163,6 @@ def find_program(name: str) -> Optional[str]:
     return shutil.which(name, path=SEARCH_PATH)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MariaDb:

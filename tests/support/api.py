@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping
 
 import pytest
-from conftest import make_settings
-from fake_asterisk import FakeCall, freepbx_calls
-from helpers import our_args, run_over_socket
+from .settings import make_settings
+from .fake_asterisk import FakeCall, freepbx_calls
+from .helpers import our_args, run_over_socket
 
 from clinica_asterisk.api.server import ApiServer
 from clinica_asterisk.api.signature import sign
+from .net import free_port
 
 KEY, SECRET = "701151-a3a9ca8", "s3cret-of-the-clinic"
 OTHER_KEY, OTHER_SECRET = "second-crm", "another/secret"
-PHP_CLIENT = Path(__file__).resolve().parent / "php" / "binotel_client.php"
+PHP_CLIENT = Path(__file__).resolve().parent.parent / "php" / "binotel_client.php"
 
 CALLS = freepbx_calls()  # the recorded FreePBX calls, by scenario
 T0 = 1795738000.0
@@ -31,12 +32,6 @@ requires_php = pytest.mark.skipif(
     reason="php-cli is not installed: the reference signatures come from real PHP (apt-get install php-cli)")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api_settings(tmp_path, **overrides):

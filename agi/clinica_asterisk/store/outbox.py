@@ -19,7 +19,7 @@ import socket
 from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .store import Store
+from .database import Store
 
 HOST = socket.gethostname()
 # Delivered events are kept this long (for `doctor` and for de-duplication), then purged.

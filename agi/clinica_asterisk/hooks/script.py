@@ -47,8 +47,8 @@ def main() -> int:
     # Asterisk sends SIGHUP when the caller hangs up; the hook must still finish its
     # bookkeeping (the default action would kill it half-way).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from .config import ConfigError, load_settings
-    from .deadline import Deadline
+    from ..config import ConfigError, load_settings
+    from ..deadline import Deadline
 
     try:
         settings, error = load_settings(), ""
@@ -58,8 +58,8 @@ def main() -> int:
         settings, error = None, f"cannot read the settings ({type(exc).__name__})"
     deadline_s = settings.hook_deadline_s if settings else 2.0
 
-    from .channel import AgiChannel, LineStream
-    from .hooks import FAILED, HookResult, finish
+    from ..agi.channel import AgiChannel, LineStream
+    from .stages import FAILED, HookResult, finish
 
     stream = LineStream(sys.stdin.fileno(), sys.stdout.fileno())
     # The deadline is what the call waits: it counts from the process's start, and reading
@@ -80,7 +80,7 @@ def main() -> int:
         deadline = Deadline(STORE_FLOOR_S)
     channel = AgiChannel(stream, deadline)
 
-    from . import logs
+    from .. import logs
 
     if settings is None:
         logs.configure("INFO")
@@ -90,10 +90,10 @@ def main() -> int:
     logs.configure(settings.log_level, settings.log_file,
                    default_file=os.path.join(settings.data_dir, "clinica-agi.log"))
 
-    from .delivery import OneShotTransport
-    from .handoff import ForkingSender
-    from .hooks import HookServices, run_hook
-    from .store import StoreError
+    from ..delivery.push import OneShotTransport
+    from ..delivery.handoff import ForkingSender
+    from .stages import HookServices, run_hook
+    from ..store.database import StoreError
 
     try:
         # A push the CRM is slow to answer goes on in a child process after the hook.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import List
 
-from fake_asterisk import FakeCall, RecordedSession, SocketPeer
+from .fake_asterisk import FakeCall, RecordedSession, SocketPeer
 
-from clinica_asterisk.channel import AgiChannel, LineStream
+from clinica_asterisk.agi.channel import AgiChannel, LineStream
 from clinica_asterisk.deadline import Deadline
-from clinica_asterisk.hooks import HookServices, run_hook
+from clinica_asterisk.hooks.stages import HookServices, run_hook
 
 
 def run_over_socket(services: HookServices, call: FakeCall, session: RecordedSession, deadline_s=None):

@@ -1,0 +1,1 @@
+"""The AGI protocol: the env block, answers, the command channel."""

@@ -1,0 +1,1 @@
+"""Pure call logic: stages' plans, events and their payloads, numbers, Dial options."""

@@ -1,0 +1,1 @@
+"""``clinica-asterisk`` and its subcommands."""

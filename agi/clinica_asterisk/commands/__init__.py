@@ -1,1 +1,0 @@
-"""Subcommands of ``clinica-asterisk``: each module has ``add_arguments`` and ``run``."""

@@ -1,0 +1,1 @@
+"""Sending events to the CRM: the transport, the worker, the hand-off, reconciling."""

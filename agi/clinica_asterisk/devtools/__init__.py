@@ -1,0 +1,1 @@
+"""Developer tools: a CRM stand-in, a call simulator, recorded calls."""

@@ -1,0 +1,1 @@
+"""The call store and the outbox (SQLite), and their one transaction contract."""
