@@ -37,6 +37,13 @@ Options:
                    calls Asterisk no longer has (random secret, written to the
                    configuration file; run again to update an older user's rights)
   --pbx ADDRESS    vm mode: the PBX's address, the only one allowed to connect
+  --store HOST[:PORT]
+                   vm mode: keep calls and events in the MariaDB on HOST, shared by
+                   several VMs or PBXs: sets CLINICA_STORE_URL (user clinica, a random
+                   password of this VM's own, database clinica) and prints the SQL to
+                   run on the database server (docs/install.md)
+  --store-ca FILE  with --store: the database server's CA certificate; the connection
+                   is then TLS, checked against it (copied to /etc/clinica-asterisk)
   --use-venv DIR   use an existing virtualenv that already has clinica-asterisk
                    instead of creating one (packaging, tests)
   --dry-run        print what would be done, change nothing
@@ -54,7 +61,7 @@ say() { printf '%s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*" >&2; }
 die() { printf '%s: %s\n' "$PROG" "$*" >&2; exit 1; }
 
-MODE= ROOT=/ PREFIX= DRY_RUN=0 UNINSTALL=0 PURGE=0 AMI=0 USE_VENV= PBX=
+MODE= ROOT=/ PREFIX= DRY_RUN=0 UNINSTALL=0 PURGE=0 AMI=0 USE_VENV= PBX= STORE= STORE_CA=
 
 need_value() { [ $# -ge 2 ] || die "$1 needs a value (see --help)"; }
 while [ $# -gt 0 ]; do
@@ -69,6 +76,10 @@ while [ $# -gt 0 ]; do
         --use-venv=*) USE_VENV=${1#*=}; shift ;;
         --pbx) need_value "$@"; PBX=$2; shift 2 ;;
         --pbx=*) PBX=${1#*=}; shift ;;
+        --store) need_value "$@"; STORE=$2; shift 2 ;;
+        --store=*) STORE=${1#*=}; shift ;;
+        --store-ca) need_value "$@"; STORE_CA=$2; shift 2 ;;
+        --store-ca=*) STORE_CA=${1#*=}; shift ;;
         --ami) AMI=1; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         --uninstall) UNINSTALL=1; shift ;;
@@ -96,6 +107,10 @@ if [ -n "$USE_VENV" ]; then
     USE_VENV=$(cd "$USE_VENV" && pwd -P)
 fi
 case $PBX in *[!0-9A-Fa-f.:/,]*) die "--pbx takes an IP address or network; got '$PBX'" ;; esac
+case $STORE in *[!A-Za-z0-9.:-]*|:*) die "--store takes HOST or HOST:PORT; got '$STORE'" ;; esac
+[ -z "$STORE" ] || [ "$MODE" = vm ] || die "--store goes with --mode vm"
+[ -z "$STORE_CA" ] || [ -n "$STORE" ] || die "--store-ca goes with --store"
+[ -z "$STORE_CA" ] || [ -f "$STORE_CA" ] || die "--store-ca: no such file: $STORE_CA"
 
 # --- where things go (system paths under R) -----------------------------------------------
 SERVICE_USER_OWN=clinica-asterisk     # the services' own user (fastagi, vm)
@@ -626,6 +641,10 @@ install_config() {
         state_set created_env 1
     fi
     own "$SERVICE_USER" "$ENV_FILE"
+    # The settings' parse cache: the hooks rewrite it in place, since they may not write
+    # this directory (docs/reliability.md, "Script mode: the hook stores, the worker sends").
+    [ -f "$ENV_FILE.parsed" ] || write_file "$ENV_FILE.parsed" 600 ""
+    own "$SERVICE_USER" "$ENV_FILE.parsed"
     ensure_dir "$DATA_DIR_PATH" 750
     # -R: after a change of mode the call store changes hands too.
     own "$SERVICE_USER" "$DATA_DIR_PATH" -R
@@ -725,6 +744,36 @@ vm_address() {
     printf '%s' "${address:-THIS-VM-ADDRESS}"
 }
 
+# The shared store: CLINICA_STORE_URL (its password kept when it has one), the CA file.
+install_store() {
+    local host=${STORE%%:*} port=3306 url password query=
+    case $STORE in *:*) port=${STORE##*:} ;; esac
+    case $port in ''|*[!0-9]*) die "--store: the port must be a number; got '$port'" ;; esac
+    if [ -n "$STORE_CA" ]; then
+        write_file "$ETC_DIR/db-ca.pem" 644 "$(cat "$STORE_CA")"
+        query="?ssl_ca=${ETC_DIR#"$R"}/db-ca.pem"
+    fi
+    url=$(env_get CLINICA_STORE_URL)
+    password=$(printf '%s' "$url" | sed -n 's#^mysql://[^:]*:\([^@]*\)@.*#\1#p')
+    [ -n "$password" ] || password=$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')
+    env_set CLINICA_STORE_URL "mysql://clinica:$password@$host:$port/clinica$query"
+}
+
+print_store_instructions() {
+    local address
+    address=$(vm_address)
+    cat <<END
+
+On the database server (MariaDB 10.6 or newer), as root: the database once, and a user
+for each VM (this one: $address), each with a password of its own:
+  CREATE DATABASE IF NOT EXISTS clinica CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+  CREATE USER 'clinica'@'$address' IDENTIFIED BY '<the password in CLINICA_STORE_URL of ${ENV_FILE#"$R"}>'${STORE_CA:+ REQUIRE SSL};
+  GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX ON clinica.* TO 'clinica'@'$address';
+Then on this VM: systemctl restart clinica-asterisk, and clinica-asterisk doctor (its
+"store" line). The service creates and migrates the tables itself.
+END
+}
+
 print_vm_instructions() {
     local address
     address=$(vm_address)
@@ -803,6 +852,7 @@ do_install() {
         vm)
             install_unit "$SERVE_UNIT"
             if [ -n "$PBX" ]; then env_set CLINICA_FASTAGI_ALLOW "$PBX"; fi
+            if [ -n "$STORE" ]; then install_store; fi
             ;;
     esac
     if [ "$AMI" = 1 ]; then
@@ -828,6 +878,7 @@ do_install() {
 
     if [ "$CHANGES" = 0 ]; then say "Nothing to change: clinica-asterisk is installed and up to date."; fi
     [ "$MODE" != vm ] || print_vm_instructions
+    [ -z "$STORE" ] || print_store_instructions
     if [ "$(state_get created_env)" = 1 ] && grep -q '^CLINICA_CRM_PUSH_URL=https://clinic.example.com' "$ENV_FILE" 2>/dev/null; then
         say ""
         say "Next: set CLINICA_CRM_PUSH_URL (and the rest) in ${ENV_FILE#"$R"}, then run: clinica-asterisk doctor"
@@ -876,6 +927,7 @@ do_uninstall() {
         say "Kept: configuration ${ETC_DIR#"$R"}, data ${DATA_DIR_PATH#"$R"}${user:+, user $user} (--purge removes them)."
     fi
     [ ! -e "$STATE" ] || [ "$PURGE" = 1 ] || remove_file "$STATE"
+    [ "$PURGE" = 1 ] || remove_file "$ENV_FILE.parsed"  # a cache (install_config): made again
 }
 
 # --- main ---------------------------------------------------------------------------------

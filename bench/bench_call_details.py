@@ -3,42 +3,50 @@
     .venv/bin/python bench/bench_call_details.py [--calls 1000000] [--requests 200] [--ids 100]
 
 Builds the store in a temporary directory (one transaction of executemany; --data-dir
-keeps and reuses it), then times the same random sets of ids four ways, each after a
-warm-up:
+keeps and reuses it), then times the same random sets of ids five ways, after a warm-up,
+in turns (each set of ids goes through every way before the next set), so that all meet
+the same background load:
 
 1. baseline: the raw SQLite ``SELECT * FROM calls WHERE id IN (…)`` of those ids;
 2. query: the method's one statement (the rows and, per call, whether its number was
    seen before, for isNewCall);
 3. method: the whole signed answer in-process (query, fields, directory, md5 signature,
    JSON text), no HTTP;
-4. http: a signed POST to the real server (waitress on a loopback port), keep-alive.
+4. http: a signed POST to the real server (waitress on a loopback port), keep-alive;
+5. http floor: the same client and requests against waitress answering a prepared body
+   of the same size at once: what the load generator and the HTTP exchange cost.
 
-Prints median and p99 of each, in milliseconds, and their ratio to the baseline.
+The requests are signed before timing starts, and the answers checked after it, so the
+load generator spends only the send and the read of each.  Prints median and p99 of
+each, in milliseconds, and their ratio to the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, Callable, List
+from typing import Callable, List
+
+from waitress.server import create_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "agi"))
 
 from clinica_asterisk.api import call_details  # noqa: E402
-from clinica_asterisk.api.app import answer_text  # noqa: E402
+from clinica_asterisk.api.app import signed_answer_text  # noqa: E402
 from clinica_asterisk.api.directory import Directory  # noqa: E402
 from clinica_asterisk.api.names import current_names  # noqa: E402
-from clinica_asterisk.api.server import ApiServer  # noqa: E402
+from clinica_asterisk.api.server import THREADS, ApiServer  # noqa: E402
 from clinica_asterisk.api.signature import sign  # noqa: E402
 from clinica_asterisk.config import DEFAULTS, build_settings  # noqa: E402
 from clinica_asterisk.store.database import Store  # noqa: E402
@@ -93,15 +101,75 @@ def build_store(path: str, count: int) -> None:
     print(f"store: {count} calls built in {time.monotonic() - began:.1f} s ({os.path.getsize(path) >> 20} MiB)")
 
 
-def timed(fn: Callable[[Any], object], id_sets: List[Any], warmup: int = 20) -> List[float]:
-    for ids in id_sets[:warmup]:
-        fn(ids)
-    out = []
-    for ids in id_sets:
-        began = time.perf_counter()
-        fn(ids)
-        out.append((time.perf_counter() - began) * 1000)
+def timed_in_turns(ways: List[Callable[[int], object]], count: int, warmup: int = 20) -> List[List[float]]:
+    """Milliseconds of each way for requests 0 … count-1, the ways taking turns on each
+    request (after ``warmup`` requests of each, not timed).  The way that goes first
+    changes from one request to the next, so that none is always the first to read a
+    request's calls."""
+    for n in range(min(warmup, count)):
+        for way in ways:
+            way(n)
+    out: List[List[float]] = [[] for _ in ways]
+    for n in range(count):
+        for k in range(len(ways)):
+            turn = (n + k) % len(ways)
+            began = time.perf_counter()
+            ways[turn](n)
+            out[turn].append((time.perf_counter() - began) * 1000)
     return out
+
+
+class KeptAliveClient:
+    """The load generator: one kept-alive connection that sends requests written in advance
+    and reads each answer by its Content-Length, at the least cost it can (http.client
+    would parse every answer's headers with the email package, in the time it measures)."""
+
+    def __init__(self, address):
+        self.sock = socket.create_connection(address, timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending = bytearray()
+
+    @staticmethod
+    def request(path: str, body: bytes) -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("ascii") + body
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(1 << 18)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.pending += chunk
+
+    def exchange(self, request: bytes) -> bytes:
+        """Send ``request``; the body of the answer (which must be 200)."""
+        self.sock.sendall(request)
+        while (end := self.pending.find(b"\r\n\r\n")) < 0:
+            self._more()
+        head = bytes(self.pending[:end])
+        if not head.startswith(b"HTTP/1.1 200 "):
+            raise AssertionError(head.decode("latin-1"))
+        length = int(re.search(rb"\r\ncontent-length: *([0-9]+)", head, re.IGNORECASE).group(1))
+        while len(self.pending) < end + 4 + length:
+            self._more()
+        body = bytes(self.pending[end + 4:end + 4 + length])
+        del self.pending[:end + 4 + length]
+        return body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class PreparedAnswer:
+    """A WSGI application that answers every request with the same body at once (after
+    reading the request): the floor of an HTTP exchange with waitress."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def __call__(self, environ, start_response):
+        environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(self.body)))])
+        return [self.body]
 
 
 def bench_settings(data_dir: str, **extra: str):
@@ -136,45 +204,63 @@ def main(argv=None) -> int:
         rng = random.Random(2)
         id_sets = [[FIRST_ID + rng.randrange(args.calls) for _ in range(args.ids)] for _ in range(args.requests)]
 
-        store = Store(settings.db_path)
-        conn = store.conn
+        # A connection for each in-process way, as the server has one for each worker: each
+        # finds the pages of a request's calls in the operating system's cache, none in its
+        # own (the ids are random), so none is favoured by the order of the turns.
+        stores = [Store(settings.db_path) for _ in range(3)]
         directory = Directory(settings.directory_file)
 
-        def baseline(ids):
+        def baseline(n):
+            ids = id_sets[n]
             marks = ",".join("?" * len(ids))
-            return conn.execute(f"SELECT * FROM calls WHERE id IN ({marks})", ids).fetchall()
+            return stores[0].conn.execute(f"SELECT * FROM calls WHERE id IN ({marks})", ids).fetchall()
 
-        def query(ids):
-            return call_details.fetch(conn, ids)
+        def query(n):
+            return call_details.fetch(stores[1].conn, id_sets[n])
 
-        def method(ids):
-            answer = call_details.call_details(conn, {"generalCallID": ids}, lambda: current_names(directory, None),
-                                               "10881", time.time())
-            answer["signature"] = sign(SECRET, answer)
-            return answer_text(answer)
+        def method(n):
+            answer = call_details.call_details(stores[2].conn, {"generalCallID": id_sets[n]},
+                                               lambda: current_names(directory, None), "10881", time.time())
+            return signed_answer_text(answer, SECRET)
+
+        requests = []
+        for ids in id_sets:
+            params = {"generalCallID": [str(i) for i in ids]}
+            body = json.dumps(dict(params, signature=sign(SECRET, params), key=KEY)).encode()
+            requests.append(KeptAliveClient.request("/api/2.0/stats/call-details.json", body))
+        answers: List[bytes] = [b""] * len(id_sets)
 
         server = ApiServer(settings)
         server.start()
-        client = http.client.HTTPConnection(*server.address, timeout=30)
+        client = KeptAliveClient(server.address)
+        floor_server = create_server(PreparedAnswer(method(0).encode()), host="127.0.0.1", port=0,
+                                     threads=THREADS, asyncore_use_poll=True)
+        threading.Thread(target=floor_server.run, daemon=True).start()
+        floor_client = KeptAliveClient(("127.0.0.1", floor_server.effective_port))
 
-        def over_http(ids):
-            params = {"generalCallID": [str(i) for i in ids]}
-            body = json.dumps(dict(params, signature=sign(SECRET, params), key=KEY))
-            client.request("POST", "/api/2.0/stats/call-details.json", body=body,
-                           headers={"Content-Type": "application/json"})
-            answer = json.loads(client.getresponse().read())
-            assert answer["status"] == "success" and len(answer["callDetails"]) == len(set(ids)), answer
-            return answer
+        def over_http(n):
+            answers[n] = client.exchange(requests[n])
 
+        def http_floor(n):
+            floor_client.exchange(requests[n])
+
+        ways = [("baseline: raw SELECT by id", baseline), ("query: rows + isNewCall", query),
+                ("method: signed answer, no HTTP", method), ("http: POST to waitress", over_http),
+                ("http floor: prepared answer", http_floor)]
         try:
-            results = [("baseline: raw SELECT by id", timed(baseline, id_sets)),
-                       ("query: rows + isNewCall", timed(query, id_sets)),
-                       ("method: signed answer, no HTTP", timed(method, id_sets)),
-                       ("http: POST to waitress", timed(over_http, id_sets))]
+            times = timed_in_turns([way for _, way in ways], len(id_sets))
         finally:
             client.close()
+            floor_client.close()
+            floor_server.close()
             server.stop()
-            store.close()
+            for store in stores:
+                store.close()
+        for ids, text in zip(id_sets, answers):
+            answer = json.loads(text)
+            assert answer["status"] == "success" and len(answer["callDetails"]) == len(set(ids)), answer
+            assert answer.pop("signature") == sign(SECRET, answer)
+        results = [(name, values) for (name, _), values in zip(ways, times)]
 
         base_median, base_p99 = statistics.median(results[0][1]), p99(results[0][1])
         print(f"\ncall-details, {args.ids} ids a request, {args.requests} requests, {args.calls} calls stored")

@@ -34,13 +34,9 @@ def failing_crm():
 @pytest.fixture
 def closed_port_url():
     """A URL on which nothing listens (a CRM that is down)."""
-    import socket
+    from support.net import free_port
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}/api/Binotel/Push"
+    return f"http://127.0.0.1:{free_port()}/api/Binotel/Push"
 
 
 @pytest.fixture
@@ -51,17 +47,24 @@ def settings_for(tmp_path):
     return factory
 
 
-@pytest.fixture(scope="session")
-def mariadb(tmp_path_factory):
-    """A real MariaDB server with FreePBX's tables, for the whole run.  Without mariadbd the
-    tests that need it are skipped, except under CI, where that is a failure."""
-    from support.mariadb import MariaDb, find_program
+def require_mariadbd(what: str = "the FreePBX database tests") -> None:
+    """Skip the test without mariadbd, except under CI, where that is a failure."""
+    from support.mariadb import find_program
 
     if not (find_program("mariadbd") and find_program("mariadb-install-db")):
         message = "mariadbd is not installed (apt-get install mariadb-server)"
         if os.environ.get("CI"):
-            pytest.fail(f"{message}: CI must run the FreePBX database tests")
+            pytest.fail(f"{message}: CI must run {what}")
         pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory):
+    """A real MariaDB server with FreePBX's tables, for the whole run.  Without mariadbd the
+    tests that need it are skipped, except under CI, where that is a failure."""
+    from support.mariadb import MariaDb
+
+    require_mariadbd()
     server = MariaDb(tmp_path_factory.mktemp("mariadb")).start()
     try:
         server.create_freepbx()
@@ -75,3 +78,27 @@ def freepbx_db(mariadb):
     """The server with FreePBX's rows as every test expects them at its start."""
     mariadb.reset_rows()
     return mariadb
+
+
+@pytest.fixture
+def shared_store_url(mariadb):
+    """A shared call store of its own (an empty database and the user of docs/install.md)
+    on the run's MariaDB: its URL, password included."""
+    import uuid
+
+    return mariadb.create_store(f"clinica_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def private_mariadb(tmp_path):
+    """A MariaDB server of the test's own, to restart or kill."""
+    from support.mariadb import MariaDb
+
+    require_mariadbd("the shared store's fault tests")
+    base = tmp_path / "mdb"
+    base.mkdir()
+    server = MariaDb(base).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -13,7 +13,7 @@ import pytest
 from support.settings import make_settings
 from support.fake_asterisk import FakeCall, freepbx_calls
 from support.fastagi import fastagi, running_server, status_of
-from support.helpers import our_args, run_over_socket
+from support.player import our_args, run_over_socket
 
 from clinica_asterisk.agi.request import MAX_ENV_BYTES, EnvBlockError
 from clinica_asterisk.agi.channel import LineStream
@@ -35,9 +35,8 @@ def consumed_by_read_request(data: bytes) -> int:
         fcntl.fcntl(write_fd, F_SETPIPE_SZ, 1 << 20)
         os.write(write_fd, data)
         stream = LineStream(read_fd, write_fd)
-        stream.deadline = Deadline(5)
         with pytest.raises(EnvBlockError):
-            stream.read_request()
+            stream.read_request(Deadline(5))
         os.set_blocking(read_fd, False)
         left = 0
         try:

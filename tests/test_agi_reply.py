@@ -83,8 +83,8 @@ def _session(variables):
     return RecordedSession(env=["agi_request: clinica-agi", "agi_channel: PJSIP/801-00000001"], variables=variables)
 
 
-def _prefetching(variables, names, no_csv_quote=False):
-    """Prefetch ``names`` over a socket pair against the fake Asterisk; what was sent,
+def _reading(variables, names, no_csv_quote=False):
+    """Read ``names`` over a socket pair against the fake Asterisk; what was sent,
     and the values the channel then answers."""
     asterisk, script = socket.socketpair()
     call = FakeCall()
@@ -101,18 +101,18 @@ def _prefetching(variables, names, no_csv_quote=False):
     peer.start()
     stream = LineStream(script.fileno(), script.fileno())
     channel = AgiChannel(stream, Deadline(5))
-    stream.read_request()
-    channel.prefetch(names)
-    values = [channel.expression(n) if n.startswith("$") else channel.variable(n) for n in names]
+    stream.read_request(Deadline(5))
+    read = channel.read(names)
+    values = [read[n] for n in names]
     script.close()
     peer.join(5)
     asterisk.close()
     return served["conv"].commands, values
 
 
-def test_prefetch_reads_everything_in_one_command():
+def test_several_values_are_read_in_one_command():
     variables = {"FROM_DID": "0443334000", "${CALLERID(num)}": 'Dr "House", MD', "DEXTEN": None}
-    commands, values = _prefetching(variables, ["FROM_DID", "${CALLERID(num)}", "DEXTEN"])
+    commands, values = _reading(variables, ["FROM_DID", "${CALLERID(num)}", "DEXTEN"])
     assert len(commands) == 1 and commands[0].startswith("GET FULL VARIABLE")
     assert values == ["0443334000", 'Dr "House", MD', ""]
 
@@ -120,8 +120,8 @@ def test_prefetch_reads_everything_in_one_command():
 def test_without_csv_quote_the_values_are_read_one_by_one(caplog, monkeypatch):
     monkeypatch.setattr(channel_module, "_batch_refused", threading.Event())
     variables = {"FROM_DID": "0443334000", "${CALLERID(num)}": "0670219424"}
-    commands, values = _prefetching(variables, ["FROM_DID", "${CALLERID(num)}"], no_csv_quote=True)
-    _prefetching(variables, ["FROM_DID", "${CALLERID(num)}"], no_csv_quote=True)
+    commands, values = _reading(variables, ["FROM_DID", "${CALLERID(num)}"], no_csv_quote=True)
+    _reading(variables, ["FROM_DID", "${CALLERID(num)}"], no_csv_quote=True)
     assert [r.getMessage()[:50] for r in caplog.records if r.levelname == "WARNING"] == \
         ["Asterisk did not answer a CSV_QUOTE batch as expec"]  # once, not once per hook
     assert values == ["0443334000", "0670219424"]
@@ -133,8 +133,8 @@ def test_every_stages_batch_fits_asterisks_agi_line():
     """res_agi reads a command into a buffer of AGI_BUF_LEN (2048) bytes; a longer one
     would be cut, and the hook would fall back to a round trip per value."""
     from clinica_asterisk.agi.channel import quote_argument
-    from clinica_asterisk.hooks.stages import READS
+    from clinica_asterisk.calls.stages import STAGES
 
-    for stage, names in READS.items():
-        line = "GET FULL VARIABLE " + quote_argument(batch_expression(names)) + "\n"
-        assert len(line.encode()) < 2048, stage
+    for stage in STAGES.values():
+        line = "GET FULL VARIABLE " + quote_argument(batch_expression(stage.first_reads())) + "\n"
+        assert len(line.encode()) < 2048, stage.name

@@ -8,10 +8,11 @@ from support.api import CALLS, SECRET, T0, Clock, api_settings, php_verifies, pl
 from support.binotel_shapes import check_call_details
 
 from clinica_asterisk.api.app import create_app
-from clinica_asterisk.api.call_details import details
+from clinica_asterisk.api.call_details import ENTRY_COLUMNS, SELECT_CALLS, call_and_seen, details, entries
 from clinica_asterisk.api.directory import Directory, Employee, parse_directory
 from clinica_asterisk.api.errors import Code
-from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.api.names import current_names
+from clinica_asterisk.delivery.sender import PushSender
 from clinica_asterisk.hooks.stages import HookServices
 from clinica_asterisk.store.database import Store
 
@@ -166,6 +167,28 @@ def test_a_database_that_cannot_be_opened_is_a_clear_error(tmp_path):
     assert (status, answer["code"]) == (200, Code.STORE_UNAVAILABLE)
 
 
+def test_an_entry_is_made_of_the_columns_call_details_reads_and_no_other(env):
+    settings, services, clock, client = env
+    ids = [play(services, clock, sessions) for name, sessions in CALLS.items()]
+    read = set()
+
+    class Row(dict):  # a stored row that remembers which columns were read
+        def __getitem__(self, key):
+            read.add(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            read.add(key)
+            return super().get(key, default)
+
+    conn = services.store.conn
+    rows = conn.execute(SELECT_CALLS + f"WHERE c.id IN ({','.join('?' * len(ids))})", ids).fetchall()
+    found = [(Row(call), seen) for call, seen in map(call_and_seen, rows)]
+    names = current_names(Directory(settings.directory_file), None, configured_trunks={"1": "+380443334000"})
+    entries(found, names, "10881", clock())
+    assert len(found) == len(ids) and read <= set(ENTRY_COLUMNS)
+
+
 # --- pure parts ------------------------------------------------------------------------
 
 def call(**fields):
@@ -221,12 +244,12 @@ def test_the_directory_is_read_again_when_the_file_changes(tmp_path):
     path = tmp_path / "directory.csv"
     path.write_text("801,Old name,\n", encoding="utf-8")
     directory = Directory(str(path))
-    assert directory.lookup("801").name == "Old name"
+    assert directory.entries().get("801").name == "Old name"
     path.write_text("801,New name,new@example.com\n802,Second,\n", encoding="utf-8")
-    assert directory.lookup("801") == Employee("New name", "new@example.com")
+    assert directory.entries().get("801") == Employee("New name", "new@example.com")
     assert "802" in directory
     path.unlink()
-    assert directory.lookup("801") is None
+    assert directory.entries().get("801") is None
 
 
 def test_a_click_to_call_s_attempts_are_the_numbers_dialled_not_its_own_extension():

@@ -6,13 +6,13 @@ from support.api import api_settings, post
 from support.binotel_shapes import check
 from support.fake_ami import FakeAmi, header
 from support.fake_asterisk import FakeCall, freepbx_calls
-from support.helpers import our_args, run_over_socket
+from support.player import our_args, run_over_socket
 
-from clinica_asterisk.api.ami import AmiClient
+from clinica_asterisk.pbx.ami import AmiClient
 from clinica_asterisk.api.app import build_context, create_app
 from clinica_asterisk.api.click_to_call import channel_id
 from clinica_asterisk.api.errors import Code
-from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.delivery.sender import PushSender
 from clinica_asterisk.hooks.stages import HookServices
 from clinica_asterisk.store.database import Store
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 
 from clinica_asterisk.api.app import build_context
 from clinica_asterisk.api.signature import sign
-from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.delivery.sender import PushSender
 from clinica_asterisk.hooks.stages import HookServices
 from clinica_asterisk.store.database import Store
 

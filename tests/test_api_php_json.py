@@ -3,6 +3,8 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.api import php, requires_php
 
 from clinica_asterisk.api import php_json
@@ -136,3 +138,34 @@ def test_the_fast_writer_and_the_php_float_writer_agree(php_arrays, slashes, uni
         parts = []
         php_json._encode(value, parts, slashes, unicode, php_arrays, 1)
         assert php_json.encode(value, slashes, unicode, php_arrays) == "".join(parts), document
+
+
+# Values that trip the one-pass writer's checks and escapes: empty and list-like objects,
+# floats, integers near and beyond 64 bits; DEL, "/", controls, astral characters and lone
+# surrogates in strings and keys.
+_any_char = st.characters(codec=None, exclude_categories=())
+_edgy_keys = st.sampled_from(["0", "1", "2", "-0", "07", "a/b", "\x7f", "Я", ""]) | st.text(_any_char, max_size=4)
+_edgy_leaves = (st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
+                | st.sampled_from([0, -1, 2 ** 63 - 1, 2 ** 63, -(2 ** 63), -(2 ** 63) - 1, 10 ** 19])
+                | st.integers() | st.sampled_from(["/", "\x7f", "\\u007f", '"', "Ж😀", "\ud800", "\x00\x1f\u2028"])
+                | st.text(_any_char, max_size=6))
+_edgy_values = st.recursive(_edgy_leaves, lambda inner: st.lists(inner, max_size=4)
+                            | st.dictionaries(_edgy_keys, inner, max_size=4), max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_edgy_values, st.booleans(), st.booleans(), st.booleans())
+def test_the_one_pass_writer_writes_what_the_php_writer_writes(value, php_arrays, slashes, unicode):
+    parts = []
+    php_json._encode(value, parts, slashes, unicode, php_arrays, 1)
+    assert php_json.encode(value, slashes, unicode, php_arrays) == "".join(parts)
+    model = php_json.php_array(value)
+    parts = []
+    php_json._encode(model, parts, slashes, unicode, php_arrays, 1)
+    assert php_json.encode(model, slashes, unicode, php_arrays) == "".join(parts)
+
+
+def test_a_document_nested_as_deep_as_php_decodes_is_written():
+    document = "[" * php_json.MAX_DEPTH + "]" * php_json.MAX_DEPTH
+    assert php_json.encode(php_json.decode(document)) == document
+

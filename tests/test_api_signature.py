@@ -4,10 +4,12 @@ and nothing else gets through."""
 import json
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from support.api import KEY, OTHER_KEY, OTHER_SECRET, SECRET, api_settings, php, php_verifies, post, requires_php
 
 from clinica_asterisk.api import php_json, signature
-from clinica_asterisk.api.app import answer_text, create_app, signed_response
+from clinica_asterisk.api.app import answer_text, create_app, signed_answer_text, signed_response
 
 
 @pytest.fixture
@@ -78,6 +80,24 @@ def test_answers_verify_the_way_the_php_client_checks_them(answer):
     text = signed_response(answer, SECRET).get_data(as_text=True)
     assert php_verifies(text) == "ok"
     assert php_verifies(text, "wrong secret").startswith("mismatch")
+
+
+_members = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                        | st.sampled_from(["/", "\x7f", "Ж😀", '"']) | st.text(max_size=6),
+                        lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.sampled_from(["0", "1", "a/b", "\x7f"]) | st.text(max_size=3), inner,
+                                          max_size=3), max_leaves=15)
+
+
+@settings(max_examples=300, deadline=None)
+@example({"1": "b", "0": "a"})
+@example({"status": "success", "callDetails": {}})
+@given(st.dictionaries(st.sampled_from(["status", "callDetails", "key", "signature", "0", "1", "\x7f", "a/b"])
+                       | st.text(max_size=4), _members, max_size=4))
+def test_an_answer_written_once_for_text_and_signature_is_the_answer_signed(answer):
+    body = dict(answer)
+    body["signature"] = signature.sign(SECRET, answer)
+    assert signed_answer_text(answer, SECRET) == answer_text(body)
 
 
 def test_an_empty_call_map_is_sent_as_an_object_and_signed_as_php_reencodes_it():

@@ -14,7 +14,7 @@ from support.fake_ami import FakeAmi, header
 from clinica_asterisk.api.app import build_context, create_app
 from clinica_asterisk.api.errors import Code
 from clinica_asterisk.api.stats import DAY_S, MAX_CALLS, day_bounds, number_forms
-from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.delivery.sender import PushSender
 from clinica_asterisk.hooks.stages import HookServices
 from clinica_asterisk.store.database import Store
 

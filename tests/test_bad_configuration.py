@@ -8,7 +8,7 @@ import sys
 import pytest
 from support.settings import make_settings
 from support.fake_asterisk import FakeCall, freepbx_calls, run_script
-from support.helpers import our_args
+from support.player import our_args
 
 from clinica_asterisk.config import DEFAULTS, ConfigError, build_settings, load_settings
 

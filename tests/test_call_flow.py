@@ -2,8 +2,9 @@
 
 import pytest
 
+from clinica_asterisk.calls.numbers import NumberFormat
 from clinica_asterisk.calls.plans import (
-    NumberFormat, disposition, extension_of, extension_of_channel, plan_answer, plan_dial,
+    disposition, extension_of, extension_of_channel, plan_answer, plan_dial,
     plan_hangup, plan_ring_in, plan_ring_out, talk_seconds)
 
 FMT = NumberFormat()

@@ -3,8 +3,9 @@ blind and attended transfers, voicemail, a click-to-call nobody answers."""
 
 import pytest
 
+from clinica_asterisk.calls.numbers import NumberFormat
 from clinica_asterisk.calls.plans import (
-    CONSULT_GONE, CONSULT_RINGING, CONSULT_UP, TRANSFERER_LEFT, NumberFormat, party_of_channel,
+    CONSULT_GONE, CONSULT_RINGING, CONSULT_UP, TRANSFERER_LEFT, party_of_channel,
     party_of_dial_target, plan_answer, plan_dial, plan_hangup, plan_transfer)
 from clinica_asterisk.calls.dial_options import dial_string_with_answer_routine, dial_targets, split_dial_string
 from clinica_asterisk.calls.events import build_payload, transfer_keys, wanted_events

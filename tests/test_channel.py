@@ -45,10 +45,9 @@ def test_recorded_fastagi_session_with_hangup_keeps_answering():
     peer.start()
     stream = LineStream(script.fileno(), script.fileno())
     channel = AgiChannel(stream, Deadline(5))
-    request = stream.read_request()
+    request = stream.read_request(Deadline(5))
     assert request.network and request.script == "sleep"
-    values = [channel.variable("UNIQUEID"), channel.expression("${CDR(linkedid)}"),
-              channel.expression("${CDR(billsec)}"), channel.variable("UNIQUEID")]
+    values = [channel.read([name])[name] for name in ("UNIQUEID", "${CDR(linkedid)}", "${CDR(billsec)}", "UNIQUEID")]
     assert channel.hung_up
     assert values == ["1795713186.31", "1795713186.30", "0", "1795713186.31"]
     script.close()
@@ -68,26 +67,24 @@ def test_a_peer_that_stalls_costs_at_most_the_deadline(pair):
     asterisk, script = pair
     channel = channel_on(script, seconds=0.2)
     with pytest.raises(DeadlineExceeded):
-        channel.variable("UNIQUEID")
+        channel.read(["UNIQUEID"])
     assert asterisk.recv(100).startswith(b'GET VARIABLE "UNIQUEID"')
 
 
 def test_half_an_env_block_then_silence_is_dropped(pair):
     asterisk, script = pair
     stream = LineStream(script.fileno(), script.fileno())
-    stream.deadline = Deadline(0.2)
     asterisk.sendall(b"agi_request: clinica-agi\nagi_channel: PJSIP/8")
     with pytest.raises(DeadlineExceeded):
-        stream.read_request()
+        stream.read_request(Deadline(0.2))
 
 
 def test_an_endless_line_is_refused(pair):
     asterisk, script = pair
     stream = LineStream(script.fileno(), script.fileno())
-    stream.deadline = Deadline(5)
     asterisk.sendall(b"agi_request: " + b"x" * 70000)
     with pytest.raises(EnvBlockError):
-        stream.read_request()
+        stream.read_request(Deadline(5))
 
 
 def test_closed_stream_is_reported(pair):
@@ -95,13 +92,12 @@ def test_closed_stream_is_reported(pair):
     channel = channel_on(script)
     asterisk.close()
     with pytest.raises(ChannelClosed):
-        channel.variable("UNIQUEID")
+        channel.read(["UNIQUEID"])
 
 
 def test_garbage_instead_of_an_env_block(pair):
     asterisk, script = pair
     stream = LineStream(script.fileno(), script.fileno())
-    stream.deadline = Deadline(5)
     asterisk.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     with pytest.raises(EnvBlockError):
-        stream.read_request()
+        stream.read_request(Deadline(5))

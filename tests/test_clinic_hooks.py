@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 from support.binotel_shapes import check_push
 from support.fake_asterisk import FakeCall, RecordedSession
-from support.helpers import run_over_socket
+from support.player import run_over_socket
 
 from clinica_asterisk.hooks.stages import HookServices
 

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from clinica_asterisk.config import DEFAULTS, ConfigError, build_settings, load_settings
+from clinica_asterisk.config import DEFAULTS, ConfigError, build_settings, load_settings, parse_bind
 
 
 def settings(**values):
@@ -32,6 +32,34 @@ def test_a_bad_value_names_the_key_and_what_is_allowed(key, value, words):
     with pytest.raises(ConfigError) as error:
         settings(**{key: value})
     assert str(error.value).startswith(f"{key}:") and words in str(error.value)
+
+
+@pytest.mark.parametrize("text, address", [
+    ("127.0.0.1:4574", ("127.0.0.1", 4574)),
+    (" 0.0.0.0:0 ", ("0.0.0.0", 0)),  # port 0: any free port
+    ("[::1]:8574", ("::1", 8574)),
+    ("::1:8574", ("::1", 8574)),
+    ("10.0.0.20:65535", ("10.0.0.20", 65535)),
+])
+def test_an_address_to_listen_on_is_an_ip_and_a_port(text, address):
+    assert parse_bind(text, "--bind") == address
+
+
+@pytest.mark.parametrize("text", ["localhost:4574", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1",
+                                  "127.0.0.1:+80", "127.0.0.1:\u0664\u0665", ":4574", "[::1]"])
+def test_settings_and_command_line_refuse_the_same_addresses(text):
+    """One rule for CLINICA_*_BIND and for --bind / --server."""
+    with pytest.raises(ConfigError, match=r"^--bind: must be ADDRESS:PORT with an IP address"):
+        parse_bind(text, "--bind")
+    with pytest.raises(ConfigError, match=r"^CLINICA_API_BIND: must be ADDRESS:PORT with an IP address"):
+        settings(CLINICA_API_BIND=text)
+
+
+def test_a_bad_bind_on_the_command_line_is_a_configuration_error(capsys):
+    from clinica_asterisk.cli import main as cli
+
+    assert cli.main(["crm-sink", "--bind", "localhost:8580"]) == cli.ExitStatus.CONFIG
+    assert "--bind: must be ADDRESS:PORT" in capsys.readouterr().err
 
 
 def test_secrets_never_appear_in_errors_or_repr():

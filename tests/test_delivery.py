@@ -8,10 +8,11 @@ import threading
 
 import pytest
 from support.fake_asterisk import FakeCall, freepbx_calls, serve_session
-from support.helpers import our_args, play_freepbx_call, run_over_socket
+from support.player import our_args, play_freepbx_call, run_over_socket
 
 from clinica_asterisk.devtools.crm_sink import CrmSink
-from clinica_asterisk.delivery.push import PushSender, deliver_pass
+from clinica_asterisk.delivery.sender import PushSender
+from clinica_asterisk.delivery.worker import deliver_pass
 from clinica_asterisk.hooks.stages import QUEUED, SENT, HookServices
 from clinica_asterisk.store.outbox import Outbox
 from clinica_asterisk.store.database import Store

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clinica_asterisk.calls.dial_options import ANSWER_ROUTINE
-from clinica_asterisk.hooks.stages import HANDLERS
+from clinica_asterisk.calls.stages import STAGES
 
 DIALPLAN = Path(__file__).resolve().parent.parent / "dialplan" / "extensions_clinica.conf"
 
@@ -97,9 +97,62 @@ def test_gotoif_labels_exist():
                 assert label in labels, (name, exten, label)
 
 
-def test_every_stage_the_dialplan_runs_has_a_handler():
-    used = set(re.findall(r"run,1\(([\w-]+)", DIALPLAN.read_text()))
-    assert used == set(HANDLERS)
+def _balanced(text, start):
+    """The text from ``start`` up to the parenthesis that closes the one before it."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    raise AssertionError(f"unbalanced: {text[start - 20:start + 40]}")
+
+
+def _split_args(text):
+    """Dialplan arguments: commas inside ${…} or (…) do not split."""
+    args, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            args.append(current)
+            current = ""
+            continue
+        depth += {"(": 1, "{": 1, ")": -1, "}": -1}.get(ch, 0)
+        current += ch
+    return [*args, current]
+
+
+def stage_runs():
+    """Every ``Gosub(clinica-sub,run,1(<stage>,<arg>,…))``: (stage, [args])."""
+    text = "\n".join(line.split(";", 1)[0] for line in DIALPLAN.read_text().splitlines())
+    found = []
+    for m in re.finditer(r"clinica-sub,run,1\(", text):
+        stage, *args = _split_args(_balanced(text, m.end()))
+        found.append((stage, args))
+    return found
+
+
+def test_the_dialplan_runs_every_stage_and_only_stages_that_exist():
+    assert {stage for stage, _ in stage_runs()} == set(STAGES)
+
+
+@pytest.mark.parametrize("stage, args", stage_runs(), ids=lambda v: v if isinstance(v, str) else ",".join(v))
+def test_each_stage_gets_the_arguments_it_takes(stage, args):
+    declared = STAGES[stage].args
+    assert sum(a.required for a in declared) <= len(args) <= len(declared), (stage, args)
+    for arg, value in zip(declared, args):
+        if arg.choices and "${" not in value:
+            assert value in arg.choices, (stage, arg.name, value)
+
+
+def test_the_run_helper_passes_as_many_arguments_as_the_longest_stage_takes():
+    agi = next(data for _, _, app, data, _ in steps() if app == "AGI")
+    passed = len(re.findall(r"\$\{ARG\d\}", agi)) - 1  # ARG1 is the stage
+    assert passed == max(len(stage.args) for stage in STAGES.values())
+
+
+def test_the_hangup_handler_is_armed_with_a_direction_the_hangup_stage_takes():
+    directions = re.findall(r"hangup_handler_push\)=clinica-hangup,s,1\((\w+)\)", DIALPLAN.read_text())
+    assert directions and set(directions) <= set(STAGES["hangup"].args[0].choices)
+    assert ("hangup", ["${ARG1}"]) in stage_runs()  # [clinica-hangup] hands it on
 
 
 def test_freepbx_hook_points_and_answer_routine_are_defined():

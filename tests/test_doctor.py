@@ -1,5 +1,5 @@
 """``clinica-asterisk doctor`` run in-process against real things: a CRM sink over HTTP, a
-closed port, a fake AMI on a real socket, a stand-in ``asterisk`` command, a real call
+closed port, the tests' fake AMI on a real socket, a stand-in ``asterisk`` command, a real call
 store, listening sockets and a real MariaDB with FreePBX's tables."""
 
 import os
@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,9 @@ from clinica_asterisk.cli import main as cli
 from clinica_asterisk.cli import doctor
 from clinica_asterisk.store.outbox import Outbox
 from clinica_asterisk.store.database import Store
+from support.fake_ami import FakeAmi
 from support.net import free_port
+from support.redirecting_crm import RedirectingCrm
 
 # pyst2's threads use names deprecated since Python 3.10.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -33,69 +36,19 @@ NO_CONTEXT = "There is no existence of 'clinica-push' context\n"
 NOT_RUNNING = "Unable to connect to remote asterisk (does /var/run/asterisk/asterisk.ctl exist?)\n"
 
 
+SHOWN = Path(__file__).resolve().parent / "fixtures" / "dialplan-show"
+
+
 def globals_listing(agi):
     line = f"   CLINICA_AGI={agi}\n" if agi is not None else ""
     return f"   AMPMGRUSER=admin\n{line}   ASTETCDIR=/etc/asterisk\n\n    -- 3 variable(s)\n"
 
 
-class FakeAmi:
-    """Asterisk's manager interface as far as a login goes, on a real socket."""
-
-    def __init__(self, user="clinica", secret=AMI_SECRET, silent=False):
-        self.user, self.secret, self.silent = user, secret, silent
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(5)
-        self.port = self.sock.getsockname()[1]
-        self.logins = []
-        self.clients = []
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.clients.append(conn)
-            if not self.silent:
-                threading.Thread(target=self.session, args=(conn,), daemon=True).start()
-
-    def session(self, conn):
-        stream = conn.makefile("rwb", buffering=0)
-        stream.write(b"Asterisk Call Manager/7.0.3\r\n")
-        headers = {}
-        for raw in stream:
-            line = raw.decode().rstrip("\r\n")
-            if line:
-                name, _, value = line.partition(": ")
-                headers[name] = value
-                continue
-            action, action_id = headers.get("Action", ""), headers.get("ActionID", "")
-            if action == "Login":
-                self.logins.append(headers.get("Username"))
-                good = (headers.get("Username"), headers.get("Secret")) == (self.user, self.secret)
-                answer = "Success\r\nMessage: Authentication accepted" if good else "Error\r\nMessage: Authentication failed"
-            elif action == "Logoff":
-                stream.write(f"Response: Goodbye\r\nActionID: {action_id}\r\nMessage: Thanks for all the fish.\r\n\r\n".encode())
-                break
-            else:
-                answer = "Error\r\nMessage: Invalid/unknown command"
-            stream.write(f"Response: {answer}\r\nActionID: {action_id}\r\n\r\n".encode())
-            headers = {}
-        conn.close()
-
-    def close(self):
-        self.sock.close()
-        for conn in self.clients:
-            conn.close()
-
-
 @pytest.fixture
 def ami():
-    server = FakeAmi()
+    server = FakeAmi(secret=AMI_SECRET).start()
     yield server
-    server.close()
+    server.stop()
 
 
 def listener():
@@ -124,9 +77,14 @@ def stand_ins(tmp_path, monkeypatch):
     return bin_dir
 
 
-def stand_in_asterisk(bin_dir, context=CONTEXT_LISTING, agi="agi://127.0.0.1:4574/clinica-agi", status=0):
+def stand_in_asterisk(bin_dir, context=CONTEXT_LISTING, agi="agi://127.0.0.1:4574/clinica-agi", status=0,
+                      shape="pbx17", from_pstn=None, our_copy=None):
+    """``asterisk -rx``: ``dialplan show`` of clinica-push, the globals, and from-pstn and
+    clinica-from-pstn as a lab PBX of ``shape`` printed them (or as given)."""
     (bin_dir / "context.txt").write_text(context)
     (bin_dir / "globals.txt").write_text(globals_listing(agi))
+    (bin_dir / "from-pstn.txt").write_text(from_pstn or (SHOWN / f"{shape}-from-pstn.txt").read_text())
+    (bin_dir / "clinica-from-pstn.txt").write_text(our_copy or (SHOWN / f"{shape}-clinica-from-pstn.txt").read_text())
     # In Python: PATH holds nothing but this directory.
     script = bin_dir / "asterisk"
     script.write_text(
@@ -134,7 +92,8 @@ def stand_in_asterisk(bin_dir, context=CONTEXT_LISTING, agi="agi://127.0.0.1:457
         "import sys\n"
         f"with open({str(bin_dir / 'calls.log')!r}, 'a') as log:\n"
         "    log.write(' '.join(sys.argv[1:]) + '\\n')\n"
-        f"answers = {{'dialplan show clinica-push': 'context.txt', 'dialplan show globals': 'globals.txt'}}\n"
+        "answers = {'dialplan show clinica-push': 'context.txt', 'dialplan show globals': 'globals.txt',\n"
+        "           'dialplan show from-pstn': 'from-pstn.txt', 'dialplan show clinica-from-pstn': 'clinica-from-pstn.txt'}\n"
         "if sys.argv[2] in answers:\n"
         f"    sys.stdout.write(open({str(bin_dir)!r} + '/' + answers[sys.argv[2]]).read())\n"
         f"sys.exit({status})\n")
@@ -193,8 +152,8 @@ def status_of(lines, name):
 def test_everything_in_order_gives_one_ok_line_per_check_and_exit_0(setup, capsys):
     status, lines, out = run_doctor(capsys)
 
-    assert list(lines) == ["configuration", "crm", "ami", "dialplan", "data", "outbox", "fastagi", "api",
-                           "freepbx"]
+    assert list(lines) == ["configuration", "crm", "ami", "dialplan", "from-pstn", "data", "outbox", "fastagi",
+                           "api", "freepbx"]
     assert {name: status_of(lines, name) for name in lines} == dict.fromkeys(lines, "OK"), out
     assert status == 0
     assert f"read from {setup.env_file}" in lines["configuration"]
@@ -207,7 +166,7 @@ def test_everything_in_order_gives_one_ok_line_per_check_and_exit_0(setup, capsy
     assert "nothing waiting" in lines["outbox"] or "no call store yet" in lines["outbox"]
     assert "not read: auto: no " in lines["freepbx"] and "directory file alone" in lines["freepbx"]
     assert setup.crm.pushes() == []  # nothing was pushed
-    assert setup.ami.logins == ["clinica"]
+    assert setup.ami.logins() == ["clinica"]
 
 
 def test_secrets_are_never_shown(setup, capsys):
@@ -247,6 +206,21 @@ def test_crm_that_never_answers_fails_within_the_time_limit(setup, capsys):
     assert "no answer within 0.3 s" in lines["crm"]
 
 
+@pytest.mark.parametrize("status, verdict", [(301, "FAIL"), (302, "FAIL"), (303, "FAIL"), (307, "WARN"),
+                                             (308, "WARN")])
+def test_a_crm_url_that_redirects_is_named_with_where_it_points(setup, capsys, status, verdict):
+    moved = RedirectingCrm(status, location="/api/Binotel/Push?token=url-token-77")
+    try:
+        setup.write(crm_push_url=moved.url)
+        _, lines, out = run_doctor(capsys)
+    finally:
+        moved.stop()
+    assert status_of(lines, "crm") == verdict
+    assert f"HTTP {status}" in lines["crm"] and f"to {moved.base}/api/Binotel/Push:" in lines["crm"]
+    assert "set CLINICA_CRM_PUSH_URL" in lines["crm"] and "url-token-77" not in out
+    assert [r.method for r in moved.requests] == ["HEAD"]  # nothing pushed, the redirect not followed
+
+
 def test_the_example_crm_url_fails_without_asking_anyone(setup, capsys):
     setup.write(crm_push_url="https://clinic.example.com/api/Binotel/Push")
     _, lines, _ = run_doctor(capsys)
@@ -272,12 +246,12 @@ def test_ami_with_a_wrong_secret_fails(setup, capsys):
 
 
 def test_ami_that_never_greets_fails_within_the_time_limit(setup, capsys):
-    silent = FakeAmi(silent=True)
+    silent = FakeAmi("silent").start()
     try:
         setup.write(ami_port=str(silent.port))
         _, lines, _ = run_doctor(capsys, "--timeout", "0.3")
     finally:
-        silent.close()
+        silent.stop()
     assert status_of(lines, "ami") == "FAIL"
     assert "no answer within 0.3 s" in lines["ami"]
 
@@ -295,7 +269,7 @@ def test_without_an_ami_user_click_to_call_is_off_with_a_warning(setup, capsys):
     assert status_of(lines, "ami") == "WARN"
     assert "click-to-call is off" in lines["ami"]
     assert status == 0
-    assert setup.ami.logins == []
+    assert setup.ami.logins() == []
 
 
 # --- dialplan -----------------------------------------------------------------------------
@@ -309,16 +283,49 @@ def test_dialplan_not_loaded_fails_and_says_how_to_load_it(setup, capsys):
 
 
 def test_asterisk_not_running_fails(setup, capsys):
-    stand_in_asterisk(setup.bin, context=NOT_RUNNING, status=1)
+    stand_in_asterisk(setup.bin, context=NOT_RUNNING, status=1, from_pstn=NOT_RUNNING, our_copy=NOT_RUNNING)
     _, lines, _ = run_doctor(capsys)
-    assert status_of(lines, "dialplan") == "FAIL"
-    assert "Unable to connect to remote asterisk" in lines["dialplan"]
+    for check in ("dialplan", "from-pstn"):
+        assert status_of(lines, check) == "FAIL"
+        assert "Unable to connect to remote asterisk" in lines[check]
 
 
 def test_asterisk_asked_the_right_questions(setup, capsys):
     run_doctor(capsys)
     assert (setup.bin / "calls.log").read_text().splitlines() == [
-        "-rx dialplan show clinica-push", "-rx dialplan show globals"]
+        "-rx dialplan show clinica-push", "-rx dialplan show globals", "-rx dialplan show from-pstn",
+        "-rx dialplan show clinica-from-pstn"]
+
+
+@pytest.mark.parametrize("shape", ["pbx17", "pbx16"])
+def test_our_copy_of_freepbx_s_from_pstn_matches_on_freepbx_17_and_16(setup, capsys, shape):
+    stand_in_asterisk(setup.bin, shape=shape)
+    _, lines, _ = run_doctor(capsys)
+    assert lines["from-pstn"].split(None, 2) == [
+        "OK", "from-pstn", "[clinica-from-pstn] matches FreePBX's [from-pstn] (4 includes)"]
+
+
+@pytest.mark.parametrize("shape", ["pbx17", "pbx16"])
+def test_a_from_pstn_that_a_freepbx_update_changed_fails_in_one_clear_line(setup, capsys, shape):
+    shown = (SHOWN / f"{shape}-from-pstn.txt").read_text()
+    changed = shown.replace("  Include =>        'ext-did-catchall'",
+                            "  Include =>        'ext-did-fax'                                 [pbx_config]\n"
+                            "  Include =>        'ext-did-catchall'")
+    stand_in_asterisk(setup.bin, shape=shape, from_pstn=changed)
+    status, lines, out = run_doctor(capsys)
+    assert [line for line in out.splitlines() if "from-pstn" in line.split()[1:2]] == [lines["from-pstn"]]
+    assert lines["from-pstn"] == (
+        "FAIL from-pstn     FreePBX's [from-pstn] includes ext-did, ext-did-post-custom, from-did-direct, "
+        "ext-did-fax, ext-did-catchall but [clinica-from-pstn] ext-did, ext-did-post-custom, from-did-direct, "
+        "ext-did-catchall: update [clinica-from-pstn] in extensions_clinica.conf to FreePBX's [from-pstn] "
+        "without from-pstn-custom, then fwconsole reload")
+    assert status == 1
+
+
+def test_our_copy_not_loaded_fails(setup, capsys):
+    stand_in_asterisk(setup.bin, our_copy=(SHOWN / "no-such-context.txt").read_text())
+    _, lines, _ = run_doctor(capsys)
+    assert status_of(lines, "from-pstn") == "FAIL" and "[clinica-from-pstn] is not loaded" in lines["from-pstn"]
 
 
 def test_without_asterisk_on_this_host_the_dialplan_is_a_warning(setup, capsys):

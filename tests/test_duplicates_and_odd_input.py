@@ -4,7 +4,7 @@ import threading
 
 import pytest
 from support.fake_asterisk import FakeCall, freepbx_calls
-from support.helpers import our_args, run_over_socket
+from support.player import our_args, run_over_socket
 
 from clinica_asterisk.hooks.stages import HookServices
 

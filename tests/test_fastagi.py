@@ -6,20 +6,21 @@ import ipaddress
 import logging
 import os
 import random
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from support import player
 from support.settings import make_settings
-from support.fake_asterisk import FakeCall, asterisk22_sessions, freepbx_calls, run_script
+from support.fake_asterisk import FakeCall, asterisk22_sessions, freepbx_calls
 from support.fastagi import GatedCrm, exchange, fastagi, running_server, status_of
-from support.helpers import our_args, play_freepbx_call
+from support.player import play_freepbx_call
 
 from clinica_asterisk.agi.request import MAX_LINE_BYTES
 from clinica_asterisk.devtools.crm_sink import CrmSink
-from clinica_asterisk.delivery.push import PushSender, deliver_pass
+from clinica_asterisk.delivery.sender import PushSender
+from clinica_asterisk.delivery.worker import deliver_pass
 from clinica_asterisk.hooks.fastagi import MAX_POOL, WorkerPool, client_allowed
 from clinica_asterisk.hooks.stages import HookServices
 from clinica_asterisk.store.outbox import Outbox
@@ -27,7 +28,6 @@ from clinica_asterisk.devtools.simulation import ARGS, recorded_calls, with_fres
 from clinica_asterisk.store.database import Store
 
 FASTAGI_RECORDED = asterisk22_sessions("fastagi-sessions.jsonl")
-SCRIPT = [os.path.join(os.path.dirname(sys.executable), "clinica-agi")]
 
 
 @pytest.fixture
@@ -100,8 +100,7 @@ def test_freepbx_call_over_fastagi_pushes_what_the_handlers_push_in_process(scen
 
     over_tcp = FakeCall()
     with running_server(make_settings(tmp_path / "fastagi", crm_push_url=crm.url)) as server:
-        for session in sessions:
-            fastagi(server.address, over_tcp, session, args=our_args(session))
+        player.play(sessions, player.OverFastAgi(server.address), over_tcp)
 
     assert without_ids(crm.pushes()) == without_ids(second_crm.pushes())
     assert len(by_call(crm.pushes())) == 1
@@ -121,12 +120,11 @@ def test_recorded_call_over_fastagi_pushes_exactly_what_the_script_pushes(name, 
     env.update(CLINICA_CRM_PUSH_URL=second_crm.url, CLINICA_DATA_DIR=str(tmp_path / "script"),
                CLINICA_ENV_FILE=str(tmp_path / "empty.env"), CLINICA_ANSWER_DEADLINE_MS="2000")
     script_call = FakeCall()
-    for session in sessions:
-        run_script(SCRIPT, script_call, session.with_args(ARGS[session.label]), env)
+    player.play(sessions, player.Script(env), script_call)
 
     fastagi_call = FakeCall()
     with running_server(make_settings(tmp_path / "fastagi", crm_push_url=crm.url)) as server:
-        statuses = [status_of(fastagi(server.address, fastagi_call, s, args=ARGS[s.label])) for s in sessions]
+        statuses = [p.status for p in player.play(sessions, player.OverFastAgi(server.address), fastagi_call)]
 
     assert statuses == ["SENT"] * len(sessions)
     assert without_ids(crm.pushes()) == without_ids(second_crm.pushes())
@@ -359,7 +357,7 @@ def test_pool_reports_how_long_its_oldest_job_has_run():
 
 def test_server_is_unhealthy_while_a_worker_is_stuck_past_any_deadline(tmp_path):
     clock = FakeClock()
-    settings = make_settings(tmp_path / "data")
+    settings = make_settings(tmp_path / "data", fastagi_engine="threads", fastagi_pool=64)
     from clinica_asterisk.hooks.fastagi import STUCK_MARGIN_S, FastAgiServer, max_session_s
 
     server = FastAgiServer(settings, bind=("127.0.0.1", 0), clock=clock)

@@ -17,11 +17,12 @@ import threading
 import time
 
 import pytest
+from support import player
 from support.api import api_settings, running_server, signed_body
 from support.fake_asterisk import FakeCall, run_script
 from support.faults import BIN, FaultyCrm, Serve, duplicates, environment, figure, pushes_of, wait_until, waiting
 
-from clinica_asterisk.devtools.simulation import ARGS, play_session, recorded_calls, with_fresh_ids
+from clinica_asterisk.devtools.simulation import ARGS, recorded_calls, with_fresh_ids
 
 pytestmark = pytest.mark.fault
 
@@ -38,10 +39,7 @@ def play(address, sessions_per_call):
     statuses = []
 
     def one(sessions):
-        call = FakeCall()
-        for session in sessions:
-            session = session.with_args(ARGS[session.label]).over_fastagi(*address)
-            statuses.append(play_session(address, call, session, timeout_s=30)[0])
+        statuses.extend(p.status for p in player.play(sessions, player.OverFastAgi(address, timeout_s=30)))
 
     threads = [threading.Thread(target=one, args=(s,)) for s in sessions_per_call]
     for thread in threads:

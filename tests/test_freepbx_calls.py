@@ -4,7 +4,7 @@ real sockets, pushed to a real HTTP server: the exact events the CRM receives.""
 import pytest
 from support.binotel_shapes import check_push
 from support.fake_asterisk import FakeCall, freepbx_calls
-from support.helpers import our_args, play_freepbx_call, run_over_socket
+from support.player import our_args, play_freepbx_call, run_over_socket
 
 from clinica_asterisk.hooks.stages import HookServices
 

@@ -33,7 +33,7 @@ from clinica_asterisk.api.freepbx_db import (
 from clinica_asterisk.api.inbound_routes import InboundRoute, route_name
 from clinica_asterisk.api.names import MergedEmployees
 from clinica_asterisk.config import DEFAULTS, ConfigError, build_settings
-from clinica_asterisk.delivery.push import PushSender
+from clinica_asterisk.delivery.sender import PushSender
 from clinica_asterisk.hooks.stages import HookServices
 from clinica_asterisk.store.database import Store
 

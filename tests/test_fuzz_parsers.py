@@ -17,6 +17,7 @@ import threading
 
 import pytest
 from support.api import KEY, SECRET, api_settings, signed_body
+from support.net import free_port
 from asterisk.agi import AGIException
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -92,9 +93,8 @@ def test_any_bytes_on_the_wire_give_a_request_or_a_clear_refusal(data, cut):
         writer.sendall(data if not cut else data[: len(data) // 2])
         writer.shutdown(socket.SHUT_WR)
         stream = LineStream(reader.fileno(), reader.fileno())
-        stream.deadline = Deadline(5)
         try:
-            request = stream.read_request()
+            request = stream.read_request(Deadline(5))
         except (EnvBlockError, ChannelClosed):
             return
         assert "agi_request" in request.env
@@ -164,9 +164,7 @@ RING_IN_ENV = (b"agi_request: clinica-agi\nagi_channel: PJSIP/trunk-00000001\nag
 def hook_services(tmp_path_factory):
     from support.settings import make_settings
 
-    with socket.socket() as s:  # a CRM that is down: refused at once
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}/push"
+    url = f"http://127.0.0.1:{free_port()}/push"  # a CRM that is down: refused at once
     return HookServices.open(make_settings(tmp_path_factory.mktemp("fuzz"), crm_push_url=url, hook_deadline_ms=1000))
 
 
@@ -274,9 +272,7 @@ def test_php_json_decodes_or_says_it_is_not_json(text):
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
-    with socket.socket() as s:  # a manager that is down: click-to-call fails at once
-        s.bind(("127.0.0.1", 0))
-        ami_port = s.getsockname()[1]
+    ami_port = free_port()  # a manager that is down: click-to-call fails at once
     settings_ = api_settings(tmp, ami_user="clinica", ami_secret="x", ami_port=ami_port, ami_timeout_ms=300)
     return create_app(settings_, build_context(settings_)).test_client()
 

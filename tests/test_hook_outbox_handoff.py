@@ -9,7 +9,7 @@ from support.fake_asterisk import FakeCall, SocketPeer
 
 from clinica_asterisk.agi.channel import AgiChannel, LineStream
 from clinica_asterisk.deadline import Deadline
-from clinica_asterisk.delivery.push import send_leased_events
+from clinica_asterisk.delivery.worker import send_leased_events
 from clinica_asterisk.hooks.stages import HookServices, apply_stage
 from clinica_asterisk.store.outbox import HOST, lease_owner
 from clinica_asterisk.devtools.simulation import ARGS, recorded_calls, with_fresh_ids

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -265,6 +266,40 @@ def test_vm_mode_without_the_pbx_address_warns_that_anyone_may_connect(installer
     done = installer.ok("--mode", "vm")
     assert "CLINICA_FASTAGI_ALLOW" in done.stdout
     assert settings_of(root).fastagi_allow == ()
+
+
+def test_vm_mode_on_a_shared_store_sets_its_url_with_a_password_of_its_own_and_prints_the_sql(
+        installer, root, tmp_path):
+    ca = tmp_path / "db-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+
+    done = installer.ok("--mode", "vm", "--pbx", "10.0.0.5", "--store", "10.0.0.20:3307", "--store-ca", str(ca))
+
+    settings = settings_of(root)
+    url = urlsplit(settings.store_url)
+    assert (url.scheme, url.username, url.hostname, url.port, url.path) == ("mysql", "clinica", "10.0.0.20", 3307,
+                                                                            "/clinica")
+    assert url.query == "ssl_ca=/etc/clinica-asterisk/db-ca.pem"
+    assert read(root, "/etc/clinica-asterisk/db-ca.pem") == ca.read_text()
+    password = url.password
+    assert len(password) >= 32
+    assert password not in done.stdout + done.stderr  # only in the .env (0600)
+    assert stat.S_IMODE((root / "etc/clinica-asterisk/.env").stat().st_mode) == 0o600
+    # The SQL for the database server: the database, this VM's user (TLS required), the grants.
+    assert "CREATE DATABASE IF NOT EXISTS clinica CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;" in done.stdout
+    assert "IDENTIFIED BY '<the password in CLINICA_STORE_URL of /etc/clinica-asterisk/.env>' REQUIRE SSL;" in done.stdout
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX ON clinica.* TO 'clinica'@'" in done.stdout
+    # Run again (an upgrade, another --store port): the password stays.
+    installer.ok("--mode", "vm", "--store", "10.0.0.20")
+    again = urlsplit(settings_of(root).store_url)
+    assert again.password == password and again.port == 3306 and again.query == ""
+
+
+def test_a_shared_store_goes_with_vm_mode(installer, root, tmp_path):
+    done = installer.run("--mode", "fastagi", "--store", "10.0.0.20")
+    assert done.returncode != 0 and "--store goes with --mode vm" in done.stderr
+    done = installer.run("--mode", "vm", "--store", "db;rm -rf /")
+    assert done.returncode != 0 and "--store takes HOST or HOST:PORT" in done.stderr
 
 
 def test_a_prefix_is_written_into_links_and_units(installer, root):

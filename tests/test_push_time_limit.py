@@ -8,7 +8,8 @@ import time
 import pytest
 from support.faults import FaultyCrm, wait_until
 
-from clinica_asterisk.delivery.push import IN_FLIGHT, SENT, KeepAliveTransport, OneShotTransport, PushSender, deliver_one
+from clinica_asterisk.delivery.sender import PushSender
+from clinica_asterisk.delivery.worker import IN_FLIGHT, SENT, deliver_one
 from clinica_asterisk.store.outbox import Outbox, lease_owner
 from clinica_asterisk.store.database import Store
 
@@ -47,11 +48,10 @@ class TricklingCrm:
         self.listener.close()
 
 
-@pytest.mark.parametrize("transport", [KeepAliveTransport, OneShotTransport])
-def test_a_crm_trickling_its_answer_is_cut_at_the_attempts_limit(transport):
+def test_a_crm_trickling_its_answer_is_cut_at_the_attempts_limit():
     crm = TricklingCrm()
     try:
-        attempt = PushSender(crm.url, "form", transport()).post(PAYLOAD, 1.0)
+        attempt = PushSender(crm.url, "form").post(PAYLOAD, 1.0)
         assert not attempt.ok and attempt.detail == "no answer within 1 s"
         assert crm.closed_by_client.wait(10), "the POST went on after its limit"
     finally:
@@ -74,7 +74,7 @@ def queued_event(store):
 def test_an_attempt_its_caller_stopped_waiting_for_holds_the_lease_and_records_its_outcome(store):
     crm = FaultyCrm("slow", delay_s=1.0)
     outbox, event = queued_event(store)
-    sender = PushSender(crm.url, "form", KeepAliveTransport())
+    sender = PushSender(crm.url, "form")
     try:
         assert deliver_one(outbox, sender, event, limit_s=5, max_backoff_s=60, wait_s=0.2) == IN_FLIGHT
         # Nobody else may send it while it is in flight.
@@ -105,7 +105,7 @@ def test_a_lease_handed_over_moves_only_from_its_holder(store):
 
 def test_a_sender_bounds_the_attempts_in_flight_and_says_so(store):
     crm = FaultyCrm("slow", delay_s=1.0)
-    sender = PushSender(crm.url, "form", KeepAliveTransport(), max_in_flight=1)
+    sender = PushSender(crm.url, "form", max_in_flight=1)
     try:
         first = sender.post(PAYLOAD, 5, wait_s=0.1)
         second = sender.post(PAYLOAD, 5, wait_s=0.1)
@@ -121,7 +121,7 @@ def test_a_sender_bounds_the_attempts_in_flight_and_says_so(store):
 def test_wait_idle_waits_for_the_late_outcome_too(store):
     crm = FaultyCrm("slow", delay_s=0.5)
     outbox, event = queued_event(store)
-    sender = PushSender(crm.url, "form", KeepAliveTransport())
+    sender = PushSender(crm.url, "form")
     try:
         assert deliver_one(outbox, sender, event, limit_s=5, max_backoff_s=60, wait_s=0.1) == IN_FLIGHT
         assert sender.wait_idle(10) == 0

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 from support.fake_asterisk import freepbx_calls
-from support.helpers import play_freepbx_call
+from support.player import play_freepbx_call
 
 from clinica_asterisk.devtools.crm_sink import CrmSink
-from clinica_asterisk.delivery.push import KeepAliveTransport, OneShotTransport, PushSender
+from clinica_asterisk.delivery.sender import PushSender
 from clinica_asterisk.hooks.stages import HookServices
 
 BIN = os.path.dirname(sys.executable)
@@ -48,10 +48,9 @@ def crm_states(request, closed_port_url):
         sink.stop()
 
 
-@pytest.mark.parametrize("transport", [KeepAliveTransport, OneShotTransport])
 @pytest.mark.parametrize("state", ["down", "hung", "closing"])
-def test_a_failed_attempt_says_why_without_the_urls_secrets(transport, state, crm_states):
-    attempt = PushSender(secret_url(crm_states(state)), "form", transport()).post(PAYLOAD, 0.5)
+def test_a_failed_attempt_says_why_without_the_urls_secrets(state, crm_states):
+    attempt = PushSender(secret_url(crm_states(state)), "form").post(PAYLOAD, 0.5)
     assert not attempt.ok and attempt.detail
     assert_no_secret(attempt.detail)
 

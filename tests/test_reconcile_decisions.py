@@ -3,7 +3,8 @@ calls are over, and what closing one stores and sends."""
 
 import pytest
 
-from clinica_asterisk.delivery.reconcile import ChannelListError, close_call, grace_s, parse_channel_list, plan_sweep
+from clinica_asterisk.delivery.reconcile import close_call, plan_sweep
+from clinica_asterisk.pbx.channels import ChannelListError, grace_s, parse_channel_list
 
 AID = "clinica-4242-1"
 

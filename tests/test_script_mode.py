@@ -2,26 +2,12 @@
 commands on stdout), against the sessions recorded on a real Asterisk 22."""
 
 import os
-import sys
 
 import pytest
 from support.fake_asterisk import FakeCall, asterisk22_sessions, run_script
+from support.player import SCRIPT, Script, args_of, play
 
-SCRIPT = [os.path.join(os.path.dirname(sys.executable), "clinica-agi")]
 SESSIONS = asterisk22_sessions()
-
-# What a plain (non-FreePBX) dialplan passes at each of the recorded points:
-#   AGI(clinica-agi,ring-in,${EXTEN},<target>)  AGI(clinica-agi,answer)
-#   AGI(clinica-agi,ring-out,${CALLERID(num)},${EXTEN})  AGI(clinica-agi,hangup,in|out)
-OUR_ARGS = {
-    "ring-in": ["ring-in", "0443334000", "801"],
-    "ring-group": ["ring-in", "0443334001", "600"],
-    "ring-miss": ["ring-in", "0443334002", "803"],
-    "ring-out": ["ring-out", "904", "0670219424"],
-    "answer": ["answer"],
-    "hangup-in": ["hangup", "in"],
-    "hangup-out": ["hangup", "out"],
-}
 
 
 def recorded_calls():
@@ -39,14 +25,6 @@ def script_env(tmp_path, url, **extra):
                CLINICA_ENV_FILE=str(tmp_path / "empty.env"), CLINICA_ANSWER_DEADLINE_MS="2000", **extra)
     (tmp_path / "empty.env").write_text("")
     return env
-
-
-def play(call_sessions, env):
-    call = FakeCall()
-    conversations = []
-    for session in call_sessions:
-        conversations.append(run_script(SCRIPT, call, session.with_args(OUR_ARGS[session.label]), env))
-    return conversations
 
 
 def test_recordings_hold_the_four_calls():
@@ -80,7 +58,8 @@ EXPECTED = [  # generalCallID and companyID taken out (checked apart)
 
 @pytest.mark.parametrize("index", range(4))
 def test_script_replays_recorded_call_and_pushes_exact_events(index, crm, tmp_path):
-    conversations = play(recorded_calls()[index], script_env(tmp_path, crm.url, CLINICA_COMPANY_ID="3041"))
+    played = play(recorded_calls()[index], Script(script_env(tmp_path, crm.url, CLINICA_COMPANY_ID="3041")))
+    conversations = [p.conversation for p in played]
 
     pushes = crm.pushes()
     call_ids = {p.pop("generalCallID") for p in pushes}
@@ -98,7 +77,7 @@ def test_script_replays_recorded_call_and_pushes_exact_events(index, crm, tmp_pa
 def test_script_reports_status_and_keeps_the_call_id_for_later_legs(crm, tmp_path):
     ring_in = recorded_calls()[0][0]
     call = FakeCall()
-    conv = run_script(SCRIPT, call, ring_in.with_args(OUR_ARGS["ring-in"]), script_env(tmp_path, crm.url))
+    conv = run_script(SCRIPT, call, ring_in.with_args(args_of(ring_in)), script_env(tmp_path, crm.url))
     assert ("ring-in", "CLINICA_STATUS", "SENT") in call.set_on_channel
     assert call.inherited["CLINICA_CALLID"] == crm.pushes()[0]["generalCallID"]
     assert conv.closed_by_script
@@ -108,7 +87,7 @@ def test_script_with_invalid_configuration_lets_the_call_go_on(crm, tmp_path):
     ring_in = recorded_calls()[0][0]
     call = FakeCall()
     env = script_env(tmp_path, crm.url, CLINICA_HOOK_DEADLINE_MS="soon")
-    conv = run_script(SCRIPT, call, ring_in.with_args(OUR_ARGS["ring-in"]), env)
+    conv = run_script(SCRIPT, call, ring_in.with_args(args_of(ring_in)), env)
     assert conv.returncode == 0
     assert ("ring-in", "CLINICA_STATUS", "FAILED") in call.set_on_channel
     verbose = [c for c in conv.commands if c.startswith("VERBOSE")]

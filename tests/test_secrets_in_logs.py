@@ -107,5 +107,5 @@ def test_the_doctor_shows_which_secrets_are_set_not_their_values(env):
 def test_settings_do_not_show_secrets_in_their_repr():
     values = dict(DEFAULTS, CLINICA_AMI_SECRET=AMI_SECRET, CLINICA_API_KEYS=f"k:{API_SECRET}",
                   CLINICA_FREEPBX_DB=f"mysql://clinica:{DB_SECRET}@10.0.0.5/asterisk")
-    assert SECRET_KEYS == {"CLINICA_AMI_SECRET", "CLINICA_API_KEYS", "CLINICA_FREEPBX_DB"}
+    assert SECRET_KEYS == {"CLINICA_AMI_SECRET", "CLINICA_API_KEYS", "CLINICA_FREEPBX_DB", "CLINICA_STORE_URL"}
     assert_no_secret(repr(build_settings(values)))

@@ -15,6 +15,7 @@ from pathlib import Path
 from support.settings import make_settings
 from support.fake_asterisk import ASTERISK22
 from support.fastagi import WAIT_S, running_server
+from support.net import free_port
 
 from clinica_asterisk.cli import main as cli
 from clinica_asterisk.devtools.asterisk_peer import session_from_recording
@@ -108,12 +109,7 @@ def test_fresh_ids_keep_the_call_together_and_its_legs_apart():
 
 
 def test_simulate_without_a_server_says_what_to_start(tmp_path, monkeypatch, capsys):
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     isolated_environment(monkeypatch, tmp_path)
     assert cli.main(["simulate", "--server", f"127.0.0.1:{port}", "--call", "out"]) == cli.ExitStatus.ERROR
     assert "is `clinica-asterisk serve` running?" in capsys.readouterr().out

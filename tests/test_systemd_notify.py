@@ -73,7 +73,7 @@ def test_watchdog_for_this_very_process(notify_socket):
 
 def test_outside_systemd_nothing_is_sent():
     notifier = SystemdNotifier({})
-    assert not notifier.enabled
+    assert notifier.address is None
     assert not notifier.ready() and not notifier.ping()
 
 

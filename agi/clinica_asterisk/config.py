@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import threading
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
+from typing import Any, Dict, Mapping, Optional, Tuple
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 SYSTEM_ENV_FILE = "/etc/clinica-asterisk/.env"
 # C0 controls and DEL, but tab, CR and LF (which an env file is made of).
@@ -40,12 +41,14 @@ DEFAULTS: Dict[str, str] = {
     "CLINICA_TRUNK_NUMBERS": "",
     # Storage and logs
     "CLINICA_DATA_DIR": "./clinica-data",
+    "CLINICA_STORE_URL": "",
     "CLINICA_PBX_ID": "",
     "CLINICA_LOG_LEVEL": "INFO",
     "CLINICA_LOG_FILE": "",
     # FastAGI server
     "CLINICA_FASTAGI_BIND": "127.0.0.1:4574",
-    "CLINICA_FASTAGI_POOL": "64",
+    "CLINICA_FASTAGI_POOL": "256",
+    "CLINICA_FASTAGI_ENGINE": "loop",
     "CLINICA_FASTAGI_BACKLOG": "512",
     "CLINICA_FASTAGI_SESSION_TIMEOUT_MS": "5000",
     "CLINICA_FASTAGI_ALLOW": "",
@@ -75,9 +78,9 @@ DEFAULTS: Dict[str, str] = {
     "CLINICA_ONLINE_MAX_S": "14400",
 }
 
-# Never written to a log or shown by `doctor`.  (CLINICA_FREEPBX_DB holds a password only
-# when it is a mysql:// URL.)
-SECRET_KEYS = frozenset({"CLINICA_API_KEYS", "CLINICA_AMI_SECRET", "CLINICA_FREEPBX_DB"})
+# Never written to a log or shown by `doctor`.  (CLINICA_FREEPBX_DB and CLINICA_STORE_URL
+# hold a password when they are mysql:// URLs.)
+SECRET_KEYS = frozenset({"CLINICA_API_KEYS", "CLINICA_AMI_SECRET", "CLINICA_FREEPBX_DB", "CLINICA_STORE_URL"})
 FREEPBX_DB_URL_SCHEMES = ("mysql", "mariadb")
 
 
@@ -85,8 +88,126 @@ class ConfigError(ValueError):
     """A setting has a value that is not allowed; the message names the key."""
 
 
+# --- the shared store's URL (CLINICA_STORE_URL) ------------------------------------------
+
+STORE_URL_SCHEMES = ("mysql", "mariadb")
+SSL_OPTIONS = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity")
+URL_OPTIONS = (*SSL_OPTIONS, "unix_socket")
+
+
+class StoreUrlError(ValueError):
+    """``CLINICA_STORE_URL`` is not one this program can use; the text never quotes it."""
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """Where the shared store is, parsed from its URL.  Pure."""
+
+    user: str
+    password: str = field(repr=False)
+    host: str
+    port: int
+    database: str
+    options: Tuple[Tuple[str, str], ...] = ()
+
+    @property
+    def unix_socket(self) -> str:
+        return dict(self.options).get("unix_socket", "")
+
+    @property
+    def location(self) -> str:
+        """The URL without its password: what the store is known by in this program (in
+        logs, ``doctor``, and to the processes that record an attempt's outcome)."""
+        query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in self.options)
+        return (f"mysql://{quote(self.user, safe='')}@{self.host}:{self.port}/{self.database}"
+                + (f"?{query}" if query else ""))
+
+    @property
+    def shown(self) -> str:
+        """For people: engine, host and database; no user, password or options."""
+        where = f"socket {self.unix_socket}" if self.unix_socket else f"{self.host}:{self.port}"
+        tls = ", TLS" if any(k.startswith("ssl_") for k, _ in self.options) else ""
+        return f"MariaDB {where}, database {self.database}{tls}"
+
+    def connect_args(self) -> Dict[str, Any]:
+        options = dict(self.options)
+        args: Dict[str, Any] = {"user": self.user, "password": self.password, "database": self.database}
+        if options.get("unix_socket"):
+            args["unix_socket"] = options["unix_socket"]
+        else:
+            args.update(host=self.host, port=self.port)
+        # PyMySQL's ssl dict, never its ssl_verify_* arguments: given those, it drops the
+        # dict's CA.  With a CA the server's certificate is checked, and that it names the
+        # URL's host, unless the URL says otherwise.
+        ssl: Dict[str, Any] = {}
+        for key in ("ssl_ca", "ssl_cert", "ssl_key"):
+            if options.get(key):
+                ssl[key[4:]] = options[key]
+        if ssl or any(key.startswith("ssl_verify") for key in options):
+            checked = "ca" in ssl
+            ssl["verify_mode"] = _yes(options.get("ssl_verify_cert"), checked)
+            ssl["check_hostname"] = ssl["verify_mode"] and _yes(options.get("ssl_verify_identity"), checked)
+            args["ssl"] = ssl
+        return args
+
+
+def _yes(value: Optional[str], default: bool) -> bool:
+    return default if value is None else value in ("yes", "true", "1")
+
+
+def is_mysql_url(location: str) -> bool:
+    return location.split(":", 1)[0].lower() in STORE_URL_SCHEMES and "://" in location
+
+
+def parse_store_url(url: str) -> StoreUrl:
+    """``mysql://user:password@host[:port]/database[?options]``.  Pure; the error names
+    what is wrong, never the URL (it holds a password)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise StoreUrlError("the port is not a number from 1 to 65535 (or a bracket is not closed)") from None
+    if parts.scheme.lower() not in STORE_URL_SCHEMES:
+        raise StoreUrlError("it must start with mysql:// (or mariadb://)")
+    if not parts.hostname or not parts.username:
+        raise StoreUrlError("it must name a user and a host: mysql://user:password@host[:port]/database")
+    database = unquote(parts.path.strip("/"))
+    if not database or "/" in database or not all(ch.isalnum() or ch in "_$" for ch in database):
+        raise StoreUrlError("it must name one database (letters, digits, _): …/database")
+    if parts.fragment or port == 0:
+        raise StoreUrlError("no #fragment, and a port from 1 to 65535")
+    options = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in URL_OPTIONS:
+            raise StoreUrlError(f"unknown option {key!r} (known: {', '.join(URL_OPTIONS)})")
+        if key.startswith("ssl_verify") and value not in ("yes", "no", "true", "false", "1", "0"):
+            raise StoreUrlError(f"{key} must be yes or no")
+        options.append((key, value))
+    return StoreUrl(unquote(parts.username), unquote(parts.password or ""), parts.hostname, port or 3306,
+                    database, tuple(options))
+
+
+# Passwords of the shared stores this process was configured with, by location (the URL
+# without its password): a store opened by its location finds its password here.
+_STORE_PASSWORDS: Dict[str, str] = {}
+_STORE_PASSWORDS_GUARD = threading.Lock()
+
+
+def remember_store_password(target: "StoreUrl") -> None:
+    with _STORE_PASSWORDS_GUARD:
+        _STORE_PASSWORDS[target.location] = target.password
+
+
+def known_store_password(location: str) -> Optional[str]:
+    with _STORE_PASSWORDS_GUARD:
+        return _STORE_PASSWORDS.get(location)
+
+
 @dataclass(frozen=True)
 class Settings:
+    """Every setting, validated (:func:`build_settings`).  (A docstring of its own also
+    spares each process the signature dataclasses would otherwise compute for one.)"""
+
     crm_push_url: str
     push_format: str
     company_id: str
@@ -101,6 +222,7 @@ class Settings:
     trunk_prefix: str
     trunk_numbers: Mapping[str, str]
     data_dir: str
+    store_url: str = field(repr=False)
     pbx_id: str
     log_level: str
     log_file: str
@@ -109,6 +231,7 @@ class Settings:
     fastagi_backlog: int
     fastagi_session_timeout_s: float
     fastagi_allow: Tuple[object, ...]
+    fastagi_engine: str
     api_bind: Tuple[str, int]
     api_public_url: str
     api_keys: Mapping[str, str] = field(repr=False)
@@ -140,7 +263,25 @@ class Settings:
 
     @property
     def db_path(self) -> str:
+        """The SQLite call store in the data directory (without CLINICA_STORE_URL)."""
         return os.path.join(self.data_dir, "clinica.sqlite3")
+
+    @property
+    def store_location(self) -> str:
+        """Where the call store is, as :class:`~clinica_asterisk.store.database.Store`
+        opens it: the SQLite file, or the shared store's URL *without* its password (the
+        store takes it from this configuration), so that the location can be logged and
+        handed to another process."""
+        if not self.store_url:
+            return self.db_path
+        target = parse_store_url(self.store_url)
+        remember_store_password(target)  # the store opened by this location finds it
+        return target.location
+
+    @property
+    def spool_path(self) -> Optional[str]:
+        """With a shared store: the local SQLite spool of the hooks that cannot reach it."""
+        return os.path.join(self.data_dir, "spool.sqlite3") if self.store_url else None
 
 
 def find_env_file(environ: Mapping[str, str]) -> Optional[str]:
@@ -191,13 +332,101 @@ def read_env_file(path: str) -> Dict[str, str]:
     return {k: v for k, v in values.items() if k.startswith("CLINICA_") and v is not None}
 
 
+# --- the parse cache: what python-dotenv made of the env file, for the AGI script ------------
+# Loading python-dotenv and parsing costs each hook process about as much as Python's own
+# start-up; the file changes rarely.  So every load leaves the parsed values (the output
+# of read_env_file, not yet layered under the environment nor validated: that is done
+# every time) in ``<env file>.parsed`` beside it, 0600, valid while the file is the same
+# (device, inode, size, modification and change times).  A cache that cannot be read,
+# belongs to another user, is readable by others or names another file state is ignored.
+
+def parse_cache_path(path: str) -> str:
+    return os.path.abspath(path) + ".parsed"
+
+
+def _file_state(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _read_parse_cache(cache: str, state: str) -> Optional[Dict[str, str]]:
+    import json
+
+    try:
+        fd = os.open(cache, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or st.st_size > MAX_ENV_FILE_BYTES * 2:
+            return None
+        data = json.loads(os.read(fd, st.st_size + 1).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    values = data.get("values") if isinstance(data, dict) and data.get("state") == state else None
+    if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+        return None
+    return values
+
+
+def _write_parse_cache(cache: str, state: str, values: Mapping[str, str]) -> None:
+    """Best effort: a new file renamed over it, else (a directory the hooks' user may not
+    write, such as /etc/clinica-asterisk) in place, if it exists, is ours and is 0600."""
+    import json
+
+    text = json.dumps({"state": state, "values": dict(values)}, ensure_ascii=False).encode("utf-8")
+    temporary: Optional[str] = f"{cache}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        temporary = None
+        try:
+            fd = os.open(cache, os.O_WRONLY | os.O_NOFOLLOW)
+        except OSError:
+            return
+    try:
+        if temporary is None:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                return
+            os.ftruncate(fd, 0)
+        written = os.write(fd, text) == len(text)
+    except OSError:
+        written = False
+    finally:
+        os.close(fd)
+    if temporary is not None:
+        try:
+            if written:
+                os.rename(temporary, cache)
+            else:
+                os.unlink(temporary)
+        except OSError:
+            pass
+
+
+def env_file_values(path: str) -> Dict[str, str]:
+    """:func:`read_env_file`, through the parse cache beside the file."""
+    try:
+        state = _file_state(os.stat(path))
+    except OSError:
+        return read_env_file(path)  # says why it cannot be read
+    cache = parse_cache_path(path)
+    values = _read_parse_cache(cache, state)
+    if values is None:
+        values = read_env_file(path)
+        _write_parse_cache(cache, state, values)
+    return values
+
+
 def load_settings(environ: Optional[Mapping[str, str]] = None) -> Settings:
     """DEFAULTS, then the env file, then the environment; validated."""
     environ = os.environ if environ is None else environ
     path = find_env_file(environ)
     layered = dict(DEFAULTS)
     if path:
-        layered.update(read_env_file(path))
+        layered.update(env_file_values(path))
     layered.update({k: v for k, v in environ.items() if k.startswith("CLINICA_")})
     return build_settings(layered, source=path or "")
 
@@ -263,18 +492,25 @@ def _url(values, key, allow_empty=False):
     return raw
 
 
-def _bind(values, key):
-    raw = values[key].strip()
+def parse_bind(text: str, name: str) -> Tuple[str, int]:
+    """``ADDRESS:PORT`` as the settings and the command line take it: an IP address (an
+    IPv6 one may be in brackets) and a port from 0 to 65535 (0: any free port, for a
+    listener).  ``name`` (the key or the option) leads the error.  Pure."""
+    raw = text.strip()
     host, sep, port = raw.rpartition(":")
     host = host.strip("[]")
     try:
         ipaddress.ip_address(host)
-        number = int(port)
-        if not (sep and 1 <= number <= 65535):
+        if not (sep and port.isdigit() and port.isascii() and int(port) <= 65535):
             raise ValueError
     except ValueError:
-        raise ConfigError(f"{key}: must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:4574; got {raw!r}") from None
-    return host, number
+        raise ConfigError(f"{name}: must be ADDRESS:PORT with an IP address and a port from 0 to 65535, "
+                          f"e.g. 127.0.0.1:4574; got {raw!r}") from None
+    return host, int(port)
+
+
+def _bind(values, key):
+    return parse_bind(values[key], key)
 
 
 def _networks(values, key):
@@ -318,6 +554,23 @@ def _freepbx_db(values, key):
         raise ConfigError(allowed)
     if port == 0 or not parts.path.strip("/") or "/" in parts.path.strip("/") or parts.query or parts.fragment:
         raise ConfigError(allowed)
+    return raw
+
+
+def _store_url(values, key):
+    """Empty (SQLite in CLINICA_DATA_DIR) or ``mysql://user:password@host[:port]/database``
+    with optional ``?ssl_ca=…&unix_socket=…`` (checked here, never echoed)."""
+    raw = values[key].strip()
+    if not raw:
+        return ""
+    try:
+        target = parse_store_url(raw)
+    except StoreUrlError as exc:
+        raise ConfigError(f"{key}: must be empty (SQLite in CLINICA_DATA_DIR) or "
+                          f"mysql://user:password@host[:port]/database[?ssl_ca=…]; {exc}") from None
+    if not target.password and not target.unix_socket:
+        raise ConfigError(f"{key}: a password is needed (mysql://user:password@host/database), "
+                          "unless the server is reached by ?unix_socket=…")
     return raw
 
 
@@ -373,6 +626,7 @@ def build_settings(values: Mapping[str, str], source: str = "") -> Settings:
         trunk_prefix=_digits(values, "CLINICA_TRUNK_PREFIX", 0, 2, allow_empty=True),
         trunk_numbers=_trunk_numbers(values, "CLINICA_TRUNK_NUMBERS"),
         data_dir=os.path.abspath(values["CLINICA_DATA_DIR"].strip() or "."),
+        store_url=_store_url(values, "CLINICA_STORE_URL"),
         pbx_id=values["CLINICA_PBX_ID"].strip(),
         log_level=_level(values, "CLINICA_LOG_LEVEL"),
         log_file=values["CLINICA_LOG_FILE"].strip(),
@@ -381,6 +635,7 @@ def build_settings(values: Mapping[str, str], source: str = "") -> Settings:
         fastagi_backlog=_int(values, "CLINICA_FASTAGI_BACKLOG", 5, 65535),
         fastagi_session_timeout_s=_int(values, "CLINICA_FASTAGI_SESSION_TIMEOUT_MS", 100, 600000) / 1000.0,
         fastagi_allow=_networks(values, "CLINICA_FASTAGI_ALLOW"),
+        fastagi_engine=_choice(values, "CLINICA_FASTAGI_ENGINE", ("loop", "threads")),
         api_bind=_bind(values, "CLINICA_API_BIND"),
         api_public_url=_url(values, "CLINICA_API_PUBLIC_URL", allow_empty=True).rstrip("/"),
         api_keys=_api_keys(values, "CLINICA_API_KEYS"),

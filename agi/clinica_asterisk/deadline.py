@@ -11,12 +11,25 @@ class DeadlineExceeded(Exception):
 
 
 class Deadline:
-    """``seconds`` from ``started`` (on ``clock``; default: now)."""
+    """``seconds`` from ``started`` (on ``clock``; default: now).  Immutable: a step that
+    must end sooner gets a new Deadline of its own, never a changed one."""
+
+    __slots__ = ("_clock", "started", "at")
 
     def __init__(self, seconds: float, clock=time.monotonic, started: Optional[float] = None):
-        self._clock = clock
-        self.started = clock() if started is None else started
-        self.at = self.started + seconds
+        set_ = object.__setattr__
+        set_(self, "_clock", clock)
+        set_(self, "started", clock() if started is None else started)
+        set_(self, "at", self.started + seconds)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a Deadline is immutable (cannot set {name})")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"a Deadline is immutable (cannot delete {name})")
+
+    def __repr__(self) -> str:
+        return f"Deadline(remaining={self.remaining():.3f}s)"
 
     def remaining(self) -> float:
         return max(0.0, self.at - self._clock())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 from typing import Optional
@@ -11,16 +10,23 @@ from typing import Optional
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
-def configure(level: str, log_file: str = "", default_file: Optional[str] = None) -> None:
+def configure(level: str, log_file: str = "", default_file: Optional[str] = None, watched: bool = True) -> None:
     """``log_file`` '-' means stderr (journald under systemd); a path is reopened when
-    logrotate moves it.  With neither, ``default_file`` if given, else stderr."""
+    logrotate moves it (``watched``; a process that lives a moment, the AGI script, does
+    without, and without loading ``logging.handlers``).  With neither, ``default_file`` if
+    given, else stderr."""
     target = log_file or default_file or "-"
     if target == "-":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     else:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-            handler = logging.handlers.WatchedFileHandler(target, encoding="utf-8")
+            if watched:
+                from logging.handlers import WatchedFileHandler
+
+                handler = WatchedFileHandler(target, encoding="utf-8")
+            else:
+                handler = logging.FileHandler(target, encoding="utf-8")
         except OSError:
             handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))

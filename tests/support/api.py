@@ -11,8 +11,8 @@ from typing import Any, Dict, Iterator, Mapping
 
 import pytest
 from .settings import make_settings
-from .fake_asterisk import FakeCall, freepbx_calls
-from .helpers import our_args, run_over_socket
+from . import player
+from .fake_asterisk import freepbx_calls
 
 from clinica_asterisk.api.server import ApiServer
 from clinica_asterisk.api.signature import sign
@@ -100,9 +100,9 @@ class Clock:
 def play(services, clock, sessions, gap_s=60):
     """One recorded call through the hooks, the clock moving between hooks; its call id."""
     clock.now += gap_s
-    call, call_id = FakeCall(), None
-    for session in sessions:
+
+    def tick(session):
         clock.now += STEPS[session.extra["hook"]]
-        result, _ = run_over_socket(services, call, session.with_args(our_args(session)))
-        call_id = call_id or result.call_id
-    return call_id
+
+    played = player.play(sessions, player.InProcess(services), before=tick)
+    return next((p.result.call_id for p in played if p.result.call_id), None)

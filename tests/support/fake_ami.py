@@ -94,6 +94,11 @@ class FakeAmi:
         with self.lock:
             return [a for a in self.actions if header(a, "Action") == "Hangup"]
 
+    def logins(self) -> List[Optional[str]]:
+        """The user names of the Logins received."""
+        with self.lock:
+            return [header(a, "Username") for a in self.actions if header(a, "Action") == "Login"]
+
     def listings(self) -> List[Headers]:
         with self.lock:
             return [a for a in self.actions if header(a, "Action") == "CoreShowChannels"]

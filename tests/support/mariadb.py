@@ -24,6 +24,7 @@ import pymysql
 from .net import free_port
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+INSTALL_DOCS = Path(__file__).resolve().parents[2] / "docs" / "install.md"
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/usr/local/sbin",
                                "/usr/local/bin"])
 START_TIMEOUT_S = 60
@@ -159,6 +160,19 @@ def documented_grants(user: str, host: str) -> List[str]:
     return [re.sub(r"TO '[^']*'@'[^']*'", f"TO '{user}'@'{host}'", g).rstrip(";") for g in grants]
 
 
+# The user of the shared call store (docs/install.md), and its password.
+STORE_USER, STORE_PASSWORD = "clinica_store", "st0re:p@ss/w%rd"
+
+
+def documented_store_grants(user: str, host: str, database: str) -> List[str]:
+    """The GRANT statement docs/install.md shows for the shared store's user."""
+    grants = re.findall(r"^\s*(GRANT [A-Z, ]+ ON clinica\.\* TO '[^']*'@'[^']*');$", INSTALL_DOCS.read_text(encoding="utf-8"),
+                        re.M)
+    assert len(grants) == 1, "docs/install.md should show one GRANT for the store's user"
+    grant = re.sub(r"TO '[^']*'@'[^']*'", f"TO '{user}'@'{host}'", grants[0])
+    return [grant.replace("ON clinica.*", f"ON `{database}`.*")]
+
+
 def find_program(name: str) -> Optional[str]:
     return shutil.which(name, path=SEARCH_PATH)
 
@@ -175,17 +189,50 @@ class MariaDb:
         self.port = free_port()
         self.log = base / "mariadbd.err"
         self.process: Optional[subprocess.Popen] = None
+        self.extra_args: List[str] = []  # more options for mariadbd (TLS, say)
+
+    def with_tls(self) -> Path:
+        """Serve TLS with a certificate of a CA made here (for 127.0.0.1); the CA's file."""
+        tls = self.base / "tls"
+        tls.mkdir(exist_ok=True)
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=tls, check=True, capture_output=True, timeout=60)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=clinica test CA",
+                "-keyout", "ca.key", "-out", "ca.pem")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+                "-out", "server.csr")
+        (tls / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.cnf", "-out", "server.pem")
+        self.extra_args = [f"--ssl-ca={tls / 'ca.pem'}", f"--ssl-cert={tls / 'server.pem'}",
+                           f"--ssl-key={tls / 'server.key'}"]
+        return tls / "ca.pem"
 
     def start(self) -> "MariaDb":
         as_root = ["--user=root"] if os.geteuid() == 0 else []
         subprocess.run([find_program("mariadb-install-db"), "--no-defaults", f"--datadir={self.datadir}",
                         "--auth-root-authentication-method=normal", "--skip-test-db", *as_root],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=START_TIMEOUT_S)
+        return self.launch()
+
+    def restart(self, kill: bool = False) -> "MariaDb":
+        """Stop the server (SIGKILL with ``kill``: a crash) and start it again on the same
+        data, port and socket."""
+        if kill and self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self.stop()
+        return self.launch()
+
+    def launch(self) -> "MariaDb":
+        as_root = ["--user=root"] if os.geteuid() == 0 else []
         self.process = subprocess.Popen(
             [find_program("mariadbd"), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
              f"--port={self.port}", "--bind-address=127.0.0.1", "--skip-networking=0", "--skip-log-bin",
              f"--pid-file={self.base / 'mariadbd.pid'}", f"--log-error={self.log}", "--innodb-buffer-pool-size=16M",
-             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci", *as_root],
+             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci", *self.extra_args, *as_root],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -236,6 +283,20 @@ class MariaDb:
         self.execute("DELETE FROM users", "DELETE FROM userman_users", "DELETE FROM incoming", "DELETE FROM trunks",
                      *ROWS)
 
+    def create_store(self, database: str) -> str:
+        """An empty database for a shared call store, its user with the grants of
+        docs/install.md; the store's URL (the service makes the tables)."""
+        statements = [f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"]
+        for host in ("127.0.0.1", "localhost"):
+            statements += [f"CREATE USER IF NOT EXISTS '{STORE_USER}'@'{host}' IDENTIFIED BY '{STORE_PASSWORD}'",
+                           *documented_store_grants(STORE_USER, host, database)]
+        self.execute(*statements, database=None)
+        return self.store_url(database)
+
+    def store_url(self, database: str, port: Optional[int] = None) -> str:
+        return (f"mysql://{quote(STORE_USER, safe='')}:{quote(STORE_PASSWORD, safe='')}@127.0.0.1:"
+                f"{port or self.port}/{database}")
+
     def url(self, port: Optional[int] = None, user: str = RO_USER, password: str = RO_PASSWORD) -> str:
         return f"mysql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port or self.port}/asterisk"
 
@@ -244,10 +305,11 @@ class TcpRelay:
     """127.0.0.1:<port> forwarded to another local port, until :meth:`close` (a database
     server that goes away, as its clients see it)."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, port: int = 0):
         self.target_port = target_port
         self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", port))
         self.listener.listen(16)
         self.port = self.listener.getsockname()[1]
         self.sockets: List[socket.socket] = []

@@ -506,12 +506,20 @@ class Run:
     workdir: Path
     sink: Any = None
     serve: Optional[subprocess.Popen] = None
+    deliver: Optional[subprocess.Popen] = None  # script mode's delivery worker, as install.sh runs it
     instances: List[Instance] = field(default_factory=list)
 
     def stop(self) -> None:
         for instance in reversed(self.instances):
             with contextlib.suppress(Exception):
                 instance.stop()
+        if self.deliver is not None and self.deliver.poll() is None:
+            self.deliver.send_signal(signal.SIGTERM)
+            try:
+                self.deliver.wait(10)
+            except subprocess.TimeoutExpired:
+                self.deliver.kill()
+                self.deliver.wait(5)
         if self.serve is not None and self.serve.poll() is None:
             self.serve.send_signal(signal.SIGTERM)
             try:
@@ -642,6 +650,19 @@ def start_lab(combo: Combination, run: Run, on_push=None, extra_pbx_files: Seque
         wait_for_port(api_port, BOOT_TIMEOUT_S, run.serve)
         if combo.mode == "fastagi":
             wait_for_port(fastagi_port, BOOT_TIMEOUT_S, run.serve)
+        else:
+            # Script mode as install.sh sets it up: the hooks hand their events to this
+            # worker (delivery.wakeup), which sends them at once.
+            deliver_log = open(workdir / "deliver.log", "wb")
+            run.deliver = subprocess.Popen([*command, "deliver", "--forever"], env=env, stdout=deliver_log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(workdir))
+            deliver_log.close()
+            (workdir / "deliver.pid").write_text(str(run.deliver.pid))
+            until = time.monotonic() + BOOT_TIMEOUT_S
+            while not (data_dir / "worker.sock").exists():
+                if run.deliver.poll() is not None or time.monotonic() > until:
+                    raise LabError(f"the delivery worker did not start listening; see {workdir / 'deliver.log'}")
+                time.sleep(0.05)
     return Lab(world, pbx, data_dir, env, log_file, api_port, fastagi_port)
 
 
@@ -788,7 +809,7 @@ def _pids_started_under(workdir: Path) -> List[int]:
     files, checked against the process (its command line or environment names the
     workdir), so that a recycled pid is never taken for ours."""
     pids = []
-    for pidfile in [*workdir.glob("*/run/asterisk.pid"), workdir / "serve.pid"]:
+    for pidfile in [*workdir.glob("*/run/asterisk.pid"), workdir / "serve.pid", workdir / "deliver.pid"]:
         with contextlib.suppress(OSError, ValueError):
             pid = int(pidfile.read_text().strip())
             proc = Path(f"/proc/{pid}")

@@ -7,8 +7,9 @@ ending in ``520 End of proper usage.``.  The data runs to the *last* closing par
 since a variable's value may itself hold one (``Клієнт (VIP)``).
 
 :func:`parse_reply` gives pyst2's shape (``{'result': (value, data), …}``) and raises
-pyst2's exceptions, so pyst2's command methods work unchanged on top of it; it replaces
-pyst2's own reading, which wrote three debug lines per answer to a stream we discard.
+pyst2's public exceptions (``asterisk.agi.AGIException`` and its kinds), so that code
+written against pyst2 reads our answers the same way (:mod:`.channel` says why pyst2's
+``AGI`` class itself is not used).
 
 Several values in one round trip (:func:`batch_expression`, :func:`split_batch`): one
 ``GET FULL VARIABLE`` of ``${CSV_QUOTE(…)},${CSV_QUOTE(…)},…``.  ``CSV_QUOTE`` (Asterisk

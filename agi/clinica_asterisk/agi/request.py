@@ -46,10 +46,9 @@ def parse_env_block(lines: Iterable[str]) -> Dict[str, str]:
 
 @dataclass(frozen=True)
 class AgiRequest:
-    env: Mapping[str, str]
+    """The env block Asterisk sends first (``agi_*`` lines), immutable."""
 
-    def get(self, key: str, default: str = "") -> str:
-        return self.env.get(key, default)
+    env: Mapping[str, str]
 
     @property
     def network(self) -> bool:
@@ -85,11 +84,3 @@ class AgiRequest:
             return self.script, self.args
         args = self.args
         return (args[0] if args else ""), args[1:]
-
-    @property
-    def uniqueid(self) -> str:
-        return self.env.get("agi_uniqueid", "")
-
-    @property
-    def channel(self) -> str:
-        return self.env.get("agi_channel", "")

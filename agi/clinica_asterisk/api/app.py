@@ -22,12 +22,12 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from flask import Flask, Response, request, send_file
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from ..calls.plans import NumberFormat
+from ..calls.numbers import NumberFormat
 from ..config import Settings
-from ..delivery.reconcile import LIST_ACTION, LIST_END, ChannelListError, grace_s, parse_channel_list
+from ..pbx.channels import LIST_ACTION, LIST_END, ChannelListError, grace_s, parse_channel_list
 from ..store.database import MAX_CALL_ID, StoreError
-from . import call_details, click_to_call, employees, hangup, recordings, stats
-from .ami import AmiClient, AmiError, ami_client
+from . import call_details, click_to_call, employees, hangup, php_json, recordings, signature, stats
+from ..pbx.ami import AmiClient, AmiError, ami_client
 from .auth import answer_secret, authenticate, parse_body
 from .directory import Directory
 from .errors import ApiError, Code
@@ -81,10 +81,31 @@ def answer_text(answer: Mapping[str, Any]) -> str:
     return json.dumps(answer, separators=(",", ":"), ensure_ascii=True).replace("/", "\\/")
 
 
-def signed_response(answer: Mapping[str, Any], secret: str, status: int = 200) -> Response:
+def signed_answer_text(answer: Mapping[str, Any], secret: str) -> str:
+    """:func:`answer_text` of the answer with its signature (:func:`~.signature.sign`).
+
+    Each member is written once for both when PHP's text of it (:func:`~.php_json.php_text`)
+    is Python's too (no floats, no empty or list-like objects, no DEL): the signed text is
+    then the member texts in ``ksort`` order.  Otherwise, or for an answer that carries
+    ``key`` or ``signature`` itself, the two are written separately."""
+    members = {}
+    ordered = dict(php_json.ksort(answer.items()))
+    if answer and not signature.EXCLUDED.intersection(answer) and not php_json.is_list(ordered):
+        for name, value in answer.items():
+            text = php_json.php_text(value) if isinstance(name, str) else None
+            if text is None or "\x7f" in text or "\x7f" in name:
+                break
+            members[name] = f"{php_json.php_string(name)}:{text}"
+        else:
+            digest = signature.digest(secret, "{" + ",".join(members[name] for name in ordered) + "}")
+            return "{" + ",".join(members.values()) + ',"signature":"' + digest + '"}'
     body = dict(answer)
     body["signature"] = sign(secret, answer)
-    return Response(answer_text(body), status=status, mimetype="application/json")
+    return answer_text(body)
+
+
+def signed_response(answer: Mapping[str, Any], secret: str, status: int = 200) -> Response:
+    return Response(signed_answer_text(answer, secret), status=status, mimetype="application/json")
 
 
 def _single(args, name: str) -> Optional[str]:
@@ -175,7 +196,7 @@ def build_context(settings: Settings, clock: Callable[[], float] = time.time,
         ami = ami_client(settings)
     return ApiContext(
         settings=settings,
-        stores=StorePerThread(settings.db_path),
+        stores=StorePerThread(settings.store_location),
         directory=Directory(settings.directory_file),
         signer=recordings.LinkSigner(recordings.load_link_key(settings.data_dir), settings.record_link_ttl_s, clock),
         ami=ami,

@@ -29,12 +29,12 @@ import logging
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
-from ..calls.plans import NumberFormat
+from ..calls.numbers import NumberFormat
 from ..config import Settings
 from ..variables import CALLID_VARIABLE
 from ..calls.phone import digits_of
 from ..store.database import Store, StoreError
-from .ami import AmiClient, AmiError, AmiLoginFailed, AmiRefused, AmiTimeout
+from ..pbx.ami import AmiClient, AmiError, AmiLoginFailed, AmiRefused, AmiTimeout
 from .directory import Directory
 from .errors import ApiError, Code
 from .freepbx_db import FreePbxSource

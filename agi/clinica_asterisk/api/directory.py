@@ -92,8 +92,5 @@ class Directory:
         """Every entry as of now (one look at the file; take it once per request)."""
         return self._current()
 
-    def lookup(self, extension: str) -> Optional[Employee]:
-        return self._current().get(extension or "")
-
     def __contains__(self, extension: str) -> bool:
         return (extension or "") in self._current()

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ..delivery.reconcile import LIST_ACTION, LIST_END
+from ..pbx.channels import LIST_ACTION, LIST_END
 from ..store.database import Store
-from .ami import AmiClient, AmiError
+from ..pbx.ami import AmiClient, AmiError
 from .call_details import parse_id
 from .click_to_call import ami_api_error
 from .errors import ApiError, Code

@@ -26,7 +26,9 @@ import json
 import math
 import re
 from decimal import Decimal
-from typing import Any, Dict, Iterable, List, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import ujson
 
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 # PHP stops decoding at this nesting depth; so do we (it also bounds our recursion).
@@ -214,8 +216,12 @@ def encode(value: Any, escape_slashes: bool = True, escape_unicode: bool = True,
     ``{}`` is written ``[]``), and integers beyond 64 bits are floats.  Without, dicts stay
     JSON objects (a PHP ``stdClass``).
 
-    Documents without floats, the usual case, go through Python's C encoder once their
-    PHP lists are found; the rest through a slower writer of PHP's float notation."""
+    The usual document (strings, integers, lists, objects) is written in one pass by ujson
+    (:func:`php_text`); one with PHP lists among its objects through Python's C encoder once
+    they are found; one with floats through a slower writer of PHP's float notation."""
+    text = php_text(value, escape_slashes, escape_unicode, php_arrays)
+    if text is not None:
+        return text
     try:
         prepared = _prepare(value, php_arrays, 1)
     except _NeedsPhpWriter:
@@ -223,6 +229,49 @@ def encode(value: Any, escape_slashes: bool = True, escape_unicode: bool = True,
         _encode(value, parts, escape_slashes, escape_unicode, php_arrays, 1)
         return "".join(parts)
     return _escapes(json.dumps(prepared, ensure_ascii=escape_unicode, separators=(",", ":")), escape_slashes)
+
+
+def php_text(value: Any, escape_slashes: bool = True, escape_unicode: bool = True,
+             php_arrays: bool = True) -> Optional[str]:
+    """``json_encode`` of ``value`` as :func:`encode` writes it, in one pass of ujson's C
+    encoder, when ``value`` holds only strings, integers (within 64 bits for
+    ``php_arrays``), booleans, nulls, lists and objects (with ``php_arrays``, none empty or
+    with 0 for a first key, which PHP might write as a list), at most :data:`MAX_DEPTH`
+    levels deep; else None.  Keys are strings or integers, as in decoded JSON and the PHP
+    model.  For such a document ujson writes PHP's text: no spaces, the same escapes
+    (lowercase ``\\uXXXX``, surrogate pairs, DEL as is, ``/`` as ``\\/`` when asked).
+    Deciding takes a check of types that builds nothing, a third of the time of Python's
+    encoder on a typical answer; ujson writes it in under half that time."""
+    if not _written_alike(value, php_arrays, 1):
+        return None
+    return ujson.dumps(value, ensure_ascii=escape_unicode, escape_forward_slashes=escape_slashes)
+
+
+def _written_alike(value: Any, php_arrays: bool, depth: int) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return not php_arrays or INT64_MIN <= value <= INT64_MAX
+    if depth > MAX_DEPTH:
+        return False
+    if kind is dict:
+        # "0" or 0 first: maybe a PHP list (is_list decides; the slow way asks it).
+        if php_arrays and (not value or next(iter(value)) in ("0", 0)):
+            return False
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return False
+    # Strings (most of a document) and small integers without a call.
+    for item in items:
+        kind = type(item)
+        if kind is str or (kind is int and (not php_arrays or INT64_MIN <= item <= INT64_MAX)):
+            continue
+        if not _written_alike(item, php_arrays, depth + 1):
+            return False
+    return True
 
 
 class _NeedsPhpWriter(Exception):

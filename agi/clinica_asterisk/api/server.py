@@ -37,7 +37,7 @@ from waitress.adjustments import Adjustments
 from waitress.server import TcpWSGIServer
 
 from ..config import Settings
-from .ami import SessionLimit, ami_client
+from ..pbx.ami import SessionLimit, ami_client
 from .app import ApiContext, build_context, create_app
 
 log = logging.getLogger("clinica_asterisk.api.server")

@@ -19,7 +19,7 @@ import itertools
 import re
 from typing import Any, List, Mapping
 
-from .php_json import encode, ksort
+from .php_json import encode, ksort, php_text
 
 EXCLUDED = frozenset({"key", "signature"})
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}\Z")
@@ -49,9 +49,15 @@ def sign(secret: str, body: Mapping[str, Any]) -> str:
 
 def accepted_texts(params: Mapping[str, Any]) -> List[str]:
     """Every encoding a valid request may have been signed over, PHP's first."""
+    ordered = dict(ksort(params.items()))
+    combinations = list(itertools.product((True, False), repeat=3))
+    if php_text(ordered) is not None:
+        # The usual request (strings and numbers) is written alike whether its objects are
+        # PHP arrays or not: the first four (PHP arrays) are all there are.
+        combinations = combinations[:4]
     texts: List[str] = []
-    for php_arrays, slashes, unicode in itertools.product((True, False), repeat=3):
-        text = signed_text(params, slashes, unicode, php_arrays)
+    for php_arrays, slashes, unicode in combinations:
+        text = encode(ordered, slashes, unicode, php_arrays)
         if text not in texts:
             texts.append(text)
     return texts

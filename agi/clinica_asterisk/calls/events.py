@@ -22,7 +22,6 @@ RECEIVED = "receivedTheCall"
 ANSWERED = "answeredTheCall"
 HANGUP = "hangupTheCall"
 TRANSFERRED = "transferredTheCall"
-EVENT_ORDER = (RECEIVED, ANSWERED, TRANSFERRED, HANGUP)
 TRANSFER_PAIR = (RECEIVED, ANSWERED)
 
 INCOMING = "in"

@@ -9,11 +9,13 @@ are de-duplicated by the outbox (one of each type per call), and first facts win
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .dial_options import BLIND, CONSULT, EXT, GROUP, TRUNK
 from .events import ANSWERED, HANGUP, INCOMING, OUTGOING, RECEIVED, transfer_keys
-from .phone import digits_of, is_digits, normalize
+from .numbers import NumberFormat
+from .phone import digits_of, is_digits
+from ..variables import GROUP_DIAL_STRING
 
 DIAL_STATUSES = frozenset({"ANSWER", "NOANSWER", "BUSY", "CANCEL", "CONGESTION", "CHANUNAVAIL"})
 TRANSFER, VOICEMAIL, VOICEMAIL_LEFT = "TRANSFER", "VM", "VM-SUCCESS"
@@ -26,16 +28,6 @@ TRANSFERER_LEFT = "-"
 CONSULT_UP, CONSULT_RINGING, CONSULT_GONE = "up", "ringing", "gone"
 CDR_DISPOSITIONS = {"BUSY": "BUSY", "FAILED": "CHANUNAVAIL", "CONGESTION": "CONGESTION"}
 MAX_EXTENSION_DIGITS = 8
-
-
-@dataclass(frozen=True)
-class NumberFormat:
-    number_format: str = "national"
-    country_code: str = "380"
-    trunk_prefix: str = "0"
-
-    def __call__(self, raw: str) -> str:
-        return normalize(raw, self.number_format, self.country_code, self.trunk_prefix)
 
 
 @dataclass(frozen=True)
@@ -52,6 +44,10 @@ class Plan:
     note: str = ""
     answer_leg: str = ""
     arm_hangup: str = ""
+
+
+# A stage's plan: (the stored call or None, the facts read, the number format, now) -> Plan.
+PlanFn = Callable[[Optional[Mapping[str, Any]], Mapping[str, str], NumberFormat, float], Plan]
 
 
 def extension_of(text: str) -> str:
@@ -235,7 +231,7 @@ def plan_dial(call: Optional[Mapping[str, Any]], facts: Mapping[str, str], fmt: 
         return Plan(note="not an external call")
     member = as_extension(facts.get("target", ""))
     group = as_extension(facts.get("group", ""))
-    leg = GROUP if facts.get("options_variable") == "ds" else EXT
+    leg = GROUP if facts.get("options_variable") == GROUP_DIAL_STRING else EXT
     if call["direction"] == OUTGOING:
         arm = ""
         if call.get("origin") == "api" and not call.get("trunk") and not call.get("ended_at"):
@@ -406,13 +402,3 @@ def _plan_click_to_call_end(call: Optional[Mapping[str, Any]], facts: Mapping[st
     ended = {"ended_at": now, "billsec": 0,
              "disposition": status if status in DIAL_STATUSES else "NOANSWER"}
     return Plan(changes=ended, note="click-to-call: the extension did not take the call")
-
-
-PLANS = {
-    "ring-in": plan_ring_in,
-    "dial": plan_dial,
-    "ring-out": plan_ring_out,
-    "answer": plan_answer,
-    "transfer": plan_transfer,
-    "hangup": plan_hangup,
-}

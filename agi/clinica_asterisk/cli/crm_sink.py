@@ -12,7 +12,7 @@ import threading
 import time
 
 from ..devtools.crm_sink import CrmSink
-from .serve import parse_bind
+from ..config import parse_bind
 
 FIRST = ("requestType", "generalCallID", "callType")
 
@@ -33,7 +33,7 @@ def format_push(fields) -> str:
 
 
 def run(args, settings) -> int:
-    host, port = parse_bind(args.bind)
+    host, port = parse_bind(args.bind, "--bind")
 
     def show(fields) -> None:
         print(format_push(fields), flush=True)

@@ -1,8 +1,9 @@
 """Check the installation, one line per check: OK, WARN or FAIL and what was found.
 
 Checks the configuration, the CRM's push URL, the AMI login, the dialplan loaded in
-Asterisk, the data directory, the outbox backlog, the service's ports and FreePBX's
-database (three SELECTs).  Each check has a time limit (--timeout).  The CRM gets a HEAD
+Asterisk (and that our copy of FreePBX's [from-pstn] still matches it), the data
+directory, the outbox backlog, the service's ports and FreePBX's database (three
+SELECTs).  Each check has a time limit (--timeout).  The CRM gets a HEAD
 request only; the only write is a probe file in the data directory, removed at once.
 Secrets are never shown.  The exit status is 1 when a check FAILed."""
 
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 from .exit_status import ExitStatus
 from ..config import DEFAULTS, SECRET_KEYS, Settings, read_env_file
-from ..redact import shown_url
+from ..redact import scrub, shown_url
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -127,6 +128,8 @@ def _secret_set(settings: Settings, key: str) -> bool:
         return bool(settings.api_keys)
     if key == "CLINICA_FREEPBX_DB":
         return _holds_secret(key, settings.freepbx_db)
+    if key == "CLINICA_STORE_URL":
+        return bool(settings.store_url) and _holds_secret(key, settings.store_url)
     return bool(settings.ami_secret)
 
 
@@ -153,6 +156,15 @@ def check_crm(ctx: Context) -> Check:
     code = response.status_code
     answered = f"{shown} answered HTTP {code} {response.reason or ''} to HEAD".rstrip()
     default = " (the default: a local crm-sink, not the CRM)" if url == DEFAULTS["CLINICA_CRM_PUSH_URL"] else ""
+    if 300 <= code < 400:
+        from ..delivery.transport import redirect_target
+
+        target, why_not = redirect_target(url, code, response.headers.get("Location"), 0)
+        where = f" to {scrub(shown_url(target), url)}" if target else ""
+        if why_not:  # the pushes fail until the URL is the new one
+            return Check(FAIL, "crm", f"{answered}{where}: a push is not delivered to a redirect ({why_not}); "
+                                      "set CLINICA_CRM_PUSH_URL to where the CRM is now")
+        return Check(WARN, "crm", f"{answered}{where}: pushes follow it; set CLINICA_CRM_PUSH_URL to it")
     if code == 404:
         return Check(WARN, "crm", f"{answered}: is the path right?{default}")
     # A push endpoint need not take HEAD (405, 501): the server is there, which is the point.
@@ -174,35 +186,22 @@ def check_ami(ctx: Context) -> Check:
     s = ctx.settings
     if not s.ami_user:
         return Check(WARN, "ami", "no AMI user configured (CLINICA_AMI_USER): click-to-call is off")
-    from asterisk import manager as ami
+    from ..pbx.ami import AmiClient, AmiConnectFailed, AmiError, AmiLoginFailed, AmiTimeout
 
     where = f"{s.ami_user}@{s.ami_host}:{s.ami_port}"
-    client = ami.Manager()
+    client = AmiClient(s.ami_host, s.ami_port, s.ami_user, s.ami_secret, timeout_s=ctx.timeout_s)
     try:
-        client.connect(s.ami_host, s.ami_port)
-        client.login(s.ami_user, s.ami_secret)
-    except ami.ManagerAuthException as exc:
-        _close_later(client)
-        return Check(FAIL, "ami", f"{where}: login refused ({exc}); compare the secret with manager_custom.conf")
-    except ami.ManagerSocketException as exc:
-        return Check(FAIL, "ami", f"{where}: cannot connect ({exc.args[-1] if exc.args else exc})")
-    except ami.ManagerException as exc:
-        _close_later(client)
+        greeting = client.greet()
+    except AmiLoginFailed as exc:
+        return Check(FAIL, "ami", f"{where}: login refused ({exc.reason or exc}); "
+                                  "compare the secret with manager_custom.conf")
+    except AmiTimeout as exc:
+        return Check(FAIL, "ami", f"{where}: no answer within {ctx.timeout_s:g} s ({exc})")
+    except AmiConnectFailed as exc:
+        return Check(FAIL, "ami", f"{where}: cannot connect ({exc.reason or exc})")
+    except AmiError as exc:
         return Check(FAIL, "ami", f"{where}: {exc}")
-    title = f" ({client.title}/{client.version})" if client.title else ""
-    _close_later(client)
-    return Check(OK, "ami", f"logged in as {where}{title}")
-
-
-def _close_later(client) -> None:
-    # pyst2 waits for Asterisk to say goodbye without a time limit: not on our time.
-    def close():
-        try:
-            client.close()
-        except Exception:  # the connection is gone already: nothing left to close
-            pass
-
-    threading.Thread(target=close, name="doctor-ami-close", daemon=True).start()
+    return Check(OK, "ami", f"logged in as {where} ({greeting})")
 
 
 def asterisk_rx(command: str, timeout_s: float) -> subprocess.CompletedProcess:
@@ -247,6 +246,42 @@ def check_dialplan(ctx: Context) -> Check:
     return Check(OK, "dialplan", f"{detail}; {mode}")
 
 
+def check_from_pstn(ctx: Context) -> Check:
+    """[clinica-from-pstn] is our copy of FreePBX's [from-pstn]: a FreePBX update that
+    changes the original must not leave incoming calls routed the old way unnoticed."""
+    from ..pbx.dialplan import FREEPBX_CONTEXT, OUR_COPY, context_in_listing, from_pstn_drift
+
+    started = time.monotonic()
+    listings = {}
+    for name in (FREEPBX_CONTEXT, OUR_COPY):
+        try:
+            left = max(0.1, ctx.timeout_s - (time.monotonic() - started))
+            shown = asterisk_rx(f"dialplan show {name}", left)
+        except FileNotFoundError:
+            return Check(WARN, "from-pstn", f"asterisk is not on this host: on the PBX, compare "
+                                            f"asterisk -rx \"dialplan show {FREEPBX_CONTEXT}\" with "
+                                            f"\"dialplan show {OUR_COPY}\" (the same, less from-pstn-custom)")
+        except subprocess.TimeoutExpired:
+            return Check(FAIL, "from-pstn", f"asterisk -rx gave no answer within {ctx.timeout_s:g} s")
+        output = (shown.stdout + shown.stderr).strip()
+        listings[name] = context_in_listing(output, name)
+        if listings[name] is None and "no existence of" not in output:
+            first = output.splitlines()[0] if output else f"exit status {shown.returncode}"
+            return Check(FAIL, "from-pstn", f"Asterisk did not answer: {first}")
+    freepbx, ours = listings[FREEPBX_CONTEXT], listings[OUR_COPY]
+    if freepbx is None:
+        return Check(WARN, "from-pstn", f"Asterisk has no [{FREEPBX_CONTEXT}]: not a FreePBX dialplan?")
+    if ours is None:
+        return Check(FAIL, "from-pstn", f"[{OUR_COPY}] is not loaded: incoming calls stop after the ring-in "
+                                        "hook; install extensions_clinica.conf, then fwconsole reload")
+    drift = from_pstn_drift(freepbx, ours)
+    if drift:
+        return Check(FAIL, "from-pstn", f"{drift}: update [{OUR_COPY}] in extensions_clinica.conf to FreePBX's "
+                                        f"[{FREEPBX_CONTEXT}] without from-pstn-custom, then fwconsole reload")
+    return Check(OK, "from-pstn", f"[{OUR_COPY}] matches FreePBX's [{FREEPBX_CONTEXT}] "
+                                  f"({len(ours.includes)} includes)")
+
+
 def check_data_dir(ctx: Context) -> Check:
     directory = ctx.settings.data_dir
     if not os.path.isdir(directory):
@@ -285,25 +320,42 @@ def _user(uid: int) -> str:
 
 
 def check_outbox(ctx: Context) -> Check:
-    path = ctx.settings.db_path
-    if not os.path.exists(path):
+    """The call store (which one, its schema version) and what waits in its outbox."""
+    settings = ctx.settings
+    path = settings.store_location
+    if not settings.store_url and not os.path.exists(path):
         return Check(OK, "outbox", "no call store yet (no call handled so far)")
+    from ..store.database import Store, StoreError
+    from ..store.engine import node_number, parse_store_url
     from ..store.outbox import Outbox
-    from ..store.database import Store
 
-    store = Store(path, busy_timeout_s=ctx.timeout_s)
+    if settings.store_url:
+        where = parse_store_url(settings.store_url).shown  # never the password
+    else:
+        where = f"SQLite {path}"
     try:
-        waiting, oldest = Outbox(store).backlog()
-        if not waiting:
-            return Check(OK, "outbox", "nothing waiting to be sent")
-        row = store.conn.execute("SELECT attempts, last_error FROM outbox WHERE delivered_at IS NULL "
-                                 "ORDER BY id LIMIT 1").fetchone()
-    finally:
-        store.close()
+        store = Store(path, busy_timeout_s=ctx.timeout_s, spool_path=settings.spool_path)
+        try:
+            version = store.schema_version()
+            waiting, oldest = Outbox(store).backlog()
+            row = store.conn.execute("SELECT attempts, last_error FROM outbox WHERE delivered_at IS NULL "
+                                     "ORDER BY id LIMIT 1").fetchone() if waiting else None
+        finally:
+            store.close()
+    except StoreError as exc:
+        return Check(FAIL, "outbox", f"{where}: {exc}")
+    where += f", schema version {version}"
+    if settings.store_url:
+        where += f", this host is node {node_number(socket.gethostname())}"
+        if settings.spool_path and os.path.exists(settings.spool_path + ".pending"):
+            where += "; calls wait in the local spool (the worker merges them)"
+    if not waiting:
+        return Check(OK, "outbox", f"nothing waiting to be sent ({where})")
     age = max(0, int(time.time() - oldest))
     detail = f"{waiting} event(s) waiting, the oldest for {_duration(age)}"
     if row["attempts"]:
         detail += f" (tried {row['attempts']} times, last error: {row['last_error']})"
+    detail += f" ({where})"
     if age >= BACKLOG_FAIL_S:
         return Check(FAIL, "outbox", f"{detail}: is the delivery worker running, and the CRM reachable?")
     if age >= BACKLOG_WARN_S:
@@ -379,6 +431,7 @@ CHECKS = (
     ("crm", check_crm),
     ("ami", check_ami),
     ("dialplan", check_dialplan),
+    ("from-pstn", check_from_pstn),
     ("data", check_data_dir),
     ("outbox", check_outbox),
     ("fastagi", check_fastagi),

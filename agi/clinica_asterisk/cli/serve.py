@@ -17,9 +17,10 @@ from typing import Optional
 
 from .. import logs
 from .exit_status import ExitStatus
-from ..config import ConfigError, Settings, load_settings
-from ..delivery.push import KeepAliveTransport, PushSender, deliver_forever
-from ..hooks.fastagi import FastAgiServer, check_pool
+from ..config import ConfigError, Settings, load_settings, parse_bind
+from ..delivery.sender import PushSender
+from ..delivery.worker import deliver_forever
+from ..hooks.fastagi import check_pool, fastagi_server
 from ..store.outbox import Outbox
 from ..delivery.reconcile import Reconciler
 from ..redact import shown_url
@@ -36,13 +37,6 @@ def add_arguments(parser) -> None:
                         help="listen for FastAGI here instead of CLINICA_FASTAGI_BIND (port 0: any free port)")
 
 
-def parse_bind(text: str):
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"--bind: must be ADDRESS:PORT, e.g. 127.0.0.1:4574; got {text!r}")
-    return host.strip("[]"), int(port)
-
-
 @dataclass
 class DeliveryWorker:
     """The outbox worker on its own thread, with its own store connection; between its
@@ -55,8 +49,8 @@ class DeliveryWorker:
 
     def start(self) -> "DeliveryWorker":
         s = self.settings
-        outbox = Outbox(Store(s.db_path, busy_timeout_s=5.0))
-        self.sender = PushSender(s.crm_push_url, s.push_format, KeepAliveTransport())
+        outbox = Outbox(Store(s.store_location, busy_timeout_s=5.0, spool_path=s.spool_path))
+        self.sender = PushSender(s.crm_push_url, s.push_format)
         self.thread = threading.Thread(
             target=self._run, name="clinica-deliver", daemon=True,
             args=(outbox, s.deliver_timeout_s, s.deliver_max_backoff_s))
@@ -101,7 +95,7 @@ class Service:
                  notifier: Optional[SystemdNotifier] = None):
         self.settings = settings
         self.notifier = notifier or SystemdNotifier()
-        self.server = FastAgiServer(settings, bind=bind)
+        self.server = fastagi_server(settings, bind=bind)
         self.with_api = with_api
         self.api = None
         self.delivery: Optional[DeliveryWorker] = None
@@ -117,8 +111,8 @@ class Service:
         self.delivery = DeliveryWorker(self.settings).start()
         if self.with_api:
             self.api = start_api(self.settings)
-        log.info("FastAGI listening on %s:%d (pool %d, backlog %d); delivering to %s%s", host, port,
-                 self.settings.fastagi_pool, self.settings.fastagi_backlog,
+        log.info("FastAGI listening on %s:%d (%s, pool %d, backlog %d); delivering to %s%s", host, port,
+                 self.server.engine, self.settings.fastagi_pool, self.settings.fastagi_backlog,
                  shown_url(self.settings.crm_push_url), "" if self.api else "; CRM API off")
 
     @property
@@ -149,7 +143,7 @@ class Service:
         self.notifier.reloading()
         try:
             new = load_settings()
-            check_pool(new)
+            check_pool(new, self.server.engine)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             self.notifier.ready(self.status)
@@ -170,10 +164,19 @@ class Service:
         """Serve until stopped; then finish the sessions in flight."""
         self.notifier.ready(self.status)
         tick_s = min(0.5, self.notifier.ping_interval_s or 0.5)
+        announced = []
+
+        def stopping(in_flight: int) -> None:
+            announced.append(in_flight)
+            log.info("stopping: listener closed, %d session(s) in flight", in_flight)
+            self.notifier.stopping(f"finishing {in_flight} session(s)")
+
+        # The event loop finishes its sessions before serve_forever returns: it says when it
+        # closes its listener.
+        self.server.on_stopping = stopping
         self.server.serve_forever(on_tick=self.tick, tick_s=tick_s)
-        in_flight = self.server.pool.busy
-        log.info("stopping: listener closed, %d session(s) in flight", in_flight)
-        self.notifier.stopping(f"finishing {in_flight} session(s)")
+        if not announced:
+            stopping(self.server.pool.busy)
         left = self.server.drain()
         if left:
             log.warning("stopped with %d session(s) still running past their deadline", left)
@@ -199,7 +202,7 @@ def _api_settings(s: Settings):
 
 def run(args, settings: Settings) -> int:
     logs.configure(settings.log_level, settings.log_file)
-    bind = parse_bind(args.bind) if args.bind else None
+    bind = parse_bind(args.bind, "--bind") if args.bind else None
     service = Service(settings, bind=bind, with_api=not args.no_api)
 
     def stop(signum, frame):

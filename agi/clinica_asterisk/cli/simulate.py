@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .exit_status import ExitStatus
 from ..devtools.simulation import CALLS, simulate
-from .serve import parse_bind
+from ..config import parse_bind
 
 
 def add_arguments(parser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
 
 def server_address(args, settings):
     if args.server:
-        return parse_bind(args.server)
+        return parse_bind(args.server, "--server")
     host, port = settings.fastagi_bind
     return ("127.0.0.1" if host == "0.0.0.0" else "::1" if host == "::" else host), port
 

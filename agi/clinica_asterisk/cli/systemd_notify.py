@@ -50,10 +50,6 @@ class SystemdNotifier:
         return int(usec) / 1e6
 
     @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
-    @property
     def ping_interval_s(self) -> Optional[float]:
         """How often to ping: half the watchdog period, as sd_watchdog_enabled(3) advises."""
         return self.watchdog_s / 2 if self.watchdog_s else None

@@ -3,7 +3,7 @@
 When the CRM is slower than the hook's deadline, the hook must tell Asterisk and let the
 call go on, but the POST under way must not be abandoned: the CRM may act on it after the
 script gave up, and a copy sent later would be a duplicate.  A service keeps the POST
-going on a thread (:mod:`.delivery`); a script cannot, because Asterisk waits for the
+going on a thread (:mod:`.sender`); a script cannot, because Asterisk waits for the
 script's process to exit before the dialplan goes on.
 
 So the script sends on its main thread, with an alarm at the hook's deadline.  If the
@@ -25,7 +25,9 @@ import sys
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
-from .push import Attempt, AttemptTimedOut, Cutoff, LateOutcome, PushSender, record_attempt
+from .sender import Attempt, PushSender
+from .transport import AttemptTimedOut, Cutoff
+from .worker import LateOutcome, record_attempt
 from ..store.outbox import HOST, lease_owner
 
 # The alarm comes this much before the time the caller waits, for the hand-over's write.

@@ -8,7 +8,7 @@ at start-up and then every ``CLINICA_RECONCILE_S`` seconds it lists Asterisk's l
 channels over AMI (``CoreShowChannels``) and closes each stored call that
 
 - has no ``ended_at``,
-- started more than :func:`grace_s` ago (an Originate's channel may not exist yet), and
+- started more than :func:`..pbx.channels.grace_s` ago (an Originate's channel may not exist yet), and
 - whose linkedid was neither a channel's ``Linkedid`` nor its ``Uniqueid`` in two lists in
   a row (a single look may race with the call's channels coming and going).
 
@@ -29,7 +29,7 @@ Calls of ``CLINICA_PBX_ID`` when it is set, else every call of the store: the ma
 one PBX's, so where several PBXs send their calls to one store each needs a service of its
 own with its own name, or the service no AMI user.
 
-:func:`parse_channel_list`, :func:`plan_sweep` and :func:`close_call` are pure;
+:func:`plan_sweep` and :func:`close_call` are pure (and :func:`..pbx.channels.parse_channel_list`);
 :class:`Reconciler` does the I/O, on the delivery worker's thread (``serve`` and
 ``deliver --forever``), with the worker's store connection.
 """
@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from ..calls import plans as call_flow
-from ..api.ami import AmiError, AmiRefused, ami_client
+from ..pbx.ami import AmiError, AmiRefused, ami_client
+from ..pbx.channels import LIST_ACTION, LIST_END, ChannelListError, grace_s, parse_channel_list
 from ..config import Settings
 from ..calls.events import HANGUP, RECEIVED, build_payload
 from ..store.outbox import Outbox
@@ -50,56 +51,7 @@ from ..store.database import Store, StoreError
 
 log = logging.getLogger("clinica_asterisk.delivery.reconcile")
 
-LIST_ACTION = {"Action": "CoreShowChannels"}
-LIST_ITEM, LIST_END = "CoreShowChannel", "CoreShowChannelsComplete"
-# Longer than Asterisk takes to create an originated channel once the Originate arrived.
-GRACE_S = 15.0
 ORIGIN_API = "api"  # calls stored by calls/ext-to-phone
-
-
-def grace_s(ami_timeout_s: float) -> float:
-    """How old a call must be before a list without it counts.  A click-to-call is stored
-    before its AMI session, whose connect, greeting and login may each take the AMI time
-    limit before the Originate leaves."""
-    return GRACE_S + 3 * ami_timeout_s
-
-
-class ChannelListError(ValueError):
-    """Asterisk's answer is not a whole channel list: nothing may be concluded from it."""
-
-
-def _text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
-
-
-def parse_channel_list(events: Iterable[Any]) -> FrozenSet[str]:
-    """The ids of Asterisk's live channels (each channel's ``Linkedid`` and ``Uniqueid``)
-    from the events that answered one ``CoreShowChannels``, in the order they came.
-
-    Events of other kinds are passed over.  A list that is not whole raises
-    :class:`ChannelListError`: no ``CoreShowChannelsComplete``, a number of channels other
-    than its ``ListItems``, or a channel without either id (it could be any call's)."""
-    ids = set()
-    count = 0
-    for event in events:
-        if not isinstance(event, Mapping):
-            raise ChannelListError(f"not an AMI event: {type(event).__name__}")
-        name = _text(event.get("Event"))
-        if name == LIST_ITEM:
-            linkedid, uniqueid = _text(event.get("Linkedid")), _text(event.get("Uniqueid"))
-            if not (linkedid or uniqueid):
-                raise ChannelListError("a channel without Uniqueid and Linkedid")
-            ids.update(i for i in (linkedid, uniqueid) if i)
-            count += 1
-        elif name == LIST_END:
-            announced = event.get("ListItems")
-            if announced is not None:
-                if not (_text(announced).isascii() and _text(announced).isdigit()):
-                    raise ChannelListError("ListItems is not a number")
-                if int(_text(announced)) != count:
-                    raise ChannelListError(f"{_text(announced)} channels announced, {count} listed")
-            return frozenset(ids)
-    raise ChannelListError(f"the list ended before {LIST_END}")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,12 @@
 that prefer a long-running process to a script per hook).
 
 ``AGI(agi://host:4574/clinica-agi,<stage>,…)`` and ``AGI(agi://host:4574/<stage>,…)``
-reach the very same :func:`hooks.run_hook` as the ``clinica-agi`` script.
+reach the very same session runner (:func:`.session.run_session`) as the ``clinica-agi`` script.
+
+Two engines (``CLINICA_FASTAGI_ENGINE``, :func:`fastagi_server` picks): ``loop``, the
+default, runs every session on one event loop (:mod:`.fastagi_loop`, which reuses this
+module's listener, allow-list, descriptor reserve and reload); ``threads``, this module's
+:class:`FastAgiServer`, runs each session on a thread of a bounded pool.
 
 What keeps a call safe from this server:
 
@@ -39,12 +44,14 @@ from dataclasses import replace
 from typing import Callable, Dict, Optional, Tuple
 
 from ..agi.request import EnvBlockError
-from ..agi.channel import AgiChannel, ChannelClosed, LineStream
+from ..agi.channel import ChannelClosed, LineStream
 from ..config import ConfigError, Settings
 from ..deadline import Deadline, DeadlineExceeded
-from ..delivery.push import KeepAliveTransport, PushSender
-from .stages import FAILED, HookResult, HookServices, finish, run_hook
-from ..store.database import Store, StoreError
+from ..delivery.sender import PushSender
+from ..delivery.transport import HttpTransport as KeepAliveTransport  # the one transport (name kept for hooks/)
+from .session import NoSession, run_session
+from .stages import HookServices
+from ..store.database import Store
 
 log = logging.getLogger("clinica_asterisk.hooks.fastagi")
 
@@ -61,16 +68,32 @@ OUT_OF_DESCRIPTORS_PAUSE_S = 0.1
 # (the soft RLIMIT_NOFILE); the rest of the process (the API, the delivery worker, logs)
 # needs the reserve.
 DESCRIPTORS_PER_SESSION = 5
-SELECT_LIMIT = 1024
+DEFAULT_OPEN_FILES = 1024
 RESERVED_DESCRIPTORS = 200
-MAX_POOL = (SELECT_LIMIT - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_SESSION
+MAX_THREADED_POOL = (DEFAULT_OPEN_FILES - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_SESSION
+# The event loop (CLINICA_FASTAGI_ENGINE=loop, :mod:`.fastagi_loop`): a session holds its
+# socket only (one store connection and at most 32 connections to the CRM are shared).
+LOOP_SHARED_DESCRIPTORS = 32
+MAX_POOL = DEFAULT_OPEN_FILES - RESERVED_DESCRIPTORS - LOOP_SHARED_DESCRIPTORS
 
 
-def check_pool(settings: Settings) -> None:
-    if settings.fastagi_pool > MAX_POOL:
-        raise ConfigError(f"CLINICA_FASTAGI_POOL: at most {MAX_POOL} sessions at once in one process "
-                          f"(each needs about {DESCRIPTORS_PER_SESSION} file descriptors, and AGI channels can "
-                          f"only use the first {SELECT_LIMIT}); got {settings.fastagi_pool}")
+def check_pool(settings: Settings, engine: Optional[str] = None) -> None:
+    engine = engine or settings.fastagi_engine
+    limit, each = (MAX_POOL, 1) if engine == "loop" else (MAX_THREADED_POOL, DESCRIPTORS_PER_SESSION)
+    if settings.fastagi_pool > limit:
+        raise ConfigError(f"CLINICA_FASTAGI_POOL: at most {limit} sessions at once in one process with "
+                          f"CLINICA_FASTAGI_ENGINE={engine} (each needs about {each} file descriptor(s), and a "
+                          f"process may open {DEFAULT_OPEN_FILES} by default); got {settings.fastagi_pool}")
+
+
+def fastagi_server(settings: Settings, bind: Optional[Tuple[str, int]] = None, **kwargs) -> "FastAgiServer":
+    """The server ``CLINICA_FASTAGI_ENGINE`` names: ``loop`` (the default: one event loop,
+    :mod:`.fastagi_loop`) or ``threads`` (a thread per session, this module)."""
+    if settings.fastagi_engine == "loop":
+        from .fastagi_loop import LoopFastAgiServer
+
+        return LoopFastAgiServer(settings, bind=bind, **kwargs)
+    return FastAgiServer(settings, bind=bind, **kwargs)
 
 
 def max_session_s(settings: Settings) -> float:
@@ -182,9 +205,11 @@ class FastAgiServer:
     """Bind, then :meth:`serve_forever` on one thread; stop with :meth:`request_stop`
     (safe from a signal handler), then :meth:`drain`."""
 
+    engine = "threads"
+
     def __init__(self, settings: Settings, bind: Optional[Tuple[str, int]] = None,
                  sender: Optional[PushSender] = None, clock=time.monotonic):
-        check_pool(settings)
+        check_pool(settings, self.engine)
         self.settings = settings
         self.requested_bind = bind or settings.fastagi_bind
         self.sender = sender or _sender(settings)
@@ -208,7 +233,7 @@ class FastAgiServer:
 
     def bind(self) -> Tuple[str, int]:
         # The workers open the store together at their first session: create it first.
-        Store(self.settings.db_path).close()
+        Store(self.settings.store_location).close()
         host, port = self.requested_bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -330,10 +355,12 @@ class FastAgiServer:
 
     def _store(self, settings: Settings) -> Store:
         store = getattr(self._local, "store", None)
-        if store is None or store.path != settings.db_path:
+        # A shared store's hook that spooled (its path is the spool's) tries the server again.
+        if store is None or store.path != settings.store_location:
             if store is not None:
                 store.close()
-            store = self._local.store = Store(settings.db_path, busy_timeout_s=settings.hook_deadline_s)
+            store = self._local.store = Store(settings.store_location, busy_timeout_s=settings.hook_deadline_s,
+                                              spool_path=settings.spool_path, spool_on_failure=True)
         return store
 
     def _session(self, job) -> None:
@@ -342,31 +369,26 @@ class FastAgiServer:
         try:
             conn.setblocking(True)
             _no_delay(conn)
-            stream = LineStream(conn.fileno(), conn.fileno())
-            stream.deadline = Deadline(settings.fastagi_session_timeout_s, clock=self._clock)
             try:
-                request = stream.read_request()
-            except DeadlineExceeded:
-                self._dropped(client, accepted_at, "no complete env block within "
-                              f"{int(settings.fastagi_session_timeout_s * 1000)} ms")
-                return
-            except EnvBlockError as exc:
-                self._dropped(client, accepted_at, f"not an AGI env block: {exc}")
-                return
-            except ChannelClosed:
-                self._dropped(client, accepted_at, "closed before sending an env block", logging.INFO)
-                return
-            deadline = Deadline(settings.deadline_for(request.stage_and_args[0]), clock=self._clock)
-            channel = AgiChannel(stream, deadline)
-            try:
-                services = HookServices(settings, self._store(settings), self.sender,
-                                        pbx=settings.pbx_id or client)
-            except StoreError as exc:
-                finish(channel, deadline, HookResult(request.stage_and_args[0] or "?", FAILED, detail=str(exc)))
-                return
-            run_hook(request, channel, services, deadline)
+                run_session(LineStream(conn.fileno(), conn.fileno()),
+                            Deadline(settings.fastagi_session_timeout_s, clock=self._clock),
+                            lambda stage: Deadline(settings.deadline_for(stage), clock=self._clock),
+                            lambda: HookServices(settings, self._store(settings), self.sender,
+                                                 pbx=settings.pbx_id or client))
+            except NoSession as exc:
+                self._dropped(client, accepted_at, *self._why_no_session(exc.__cause__, settings))
         finally:
             _close(conn)
+
+    @staticmethod
+    def _why_no_session(cause: Optional[BaseException], settings: Settings) -> Tuple[str, int]:
+        if isinstance(cause, DeadlineExceeded):
+            return f"no complete env block within {int(settings.fastagi_session_timeout_s * 1000)} ms", logging.WARNING
+        if isinstance(cause, EnvBlockError):
+            return f"not an AGI env block: {cause}", logging.WARNING
+        if isinstance(cause, ChannelClosed):
+            return "closed before sending an env block", logging.INFO
+        return f"connection failed before an env block: {cause}", logging.WARNING
 
     def _dropped(self, client: str, accepted_at: float, reason: str, level: int = logging.WARNING) -> None:
         ms = int((self._clock() - accepted_at) * 1000)
@@ -388,7 +410,7 @@ class FastAgiServer:
 
         The bind address needs a restart; everything else (allow-list, pool size, backlog,
         deadlines, CRM URL and format, numbers, data directory) applies at once."""
-        check_pool(settings)
+        check_pool(settings, self.engine)
         old = self.settings
         if settings.fastagi_bind != old.fastagi_bind and self.requested_bind == old.fastagi_bind:
             log.warning("CLINICA_FASTAGI_BIND changed to %s:%d; restart the service to listen there",

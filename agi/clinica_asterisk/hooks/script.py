@@ -1,8 +1,11 @@
 """``clinica-agi``: the hook as an AGI script, ``AGI(clinica-agi,<stage>,<args>…)``.
 
-Start-up is kept lean (it runs on every ring, answer and hang-up): heavy modules such as
-``requests`` load only when an event is actually sent.  Whatever happens, the script
-exits 0 and the dialplan continues.
+Start-up is kept lean (it runs on every ring, answer and hang-up, and the call waits for
+it): when the delivery worker listens, the hook stores its events and hands them over
+(:mod:`..delivery.wakeup`), so the HTTP client is never loaded; the settings come from
+the parse cache beside the env file rather than from python-dotenv (:mod:`..config`).
+Without a worker, the hook posts its events itself.  Whatever happens, the script exits 0
+and the dialplan continues.
 """
 
 from __future__ import annotations
@@ -58,51 +61,62 @@ def main() -> int:
         settings, error = None, f"cannot read the settings ({type(exc).__name__})"
     deadline_s = settings.hook_deadline_s if settings else 2.0
 
-    from ..agi.channel import AgiChannel, LineStream
-    from .stages import FAILED, HookResult, finish
+    from ..agi.channel import LineStream
+    from .session import NoSession, SetupFailed, run_session
+    from .stages import QUEUED
 
-    stream = LineStream(sys.stdin.fileno(), sys.stdout.fileno())
     # The deadline is what the call waits: it counts from the process's start, and reading
     # the env block (written by Asterisk before it started us) is part of it.  On a host so
     # loaded that start-up alone ate it, the hook still gets STORE_FLOOR_S to read the facts
     # and store the call's events, which the worker then sends: the call waits that much
     # longer once, and the CRM still hears of the call.
-    deadline = Deadline(deadline_s, started=started)
-    stream.deadline = Deadline(max(deadline.remaining(), STORE_FLOOR_S))
-    try:
-        request = stream.read_request()
-    except Exception as exc:
-        sys.stderr.write(f"clinica-agi: no AGI session on stdin ({type(exc).__name__}: {exc})\n")
-        return 0
-    if settings is not None:  # each stage's own deadline (the answer's is short)
-        deadline = Deadline(settings.deadline_for(request.stage_and_args[0]), started=started)
-    if deadline.remaining() < STORE_FLOOR_S:
-        deadline = Deadline(STORE_FLOOR_S)
-    channel = AgiChannel(stream, deadline)
+    read_by = Deadline(max(Deadline(deadline_s, started=started).remaining(), STORE_FLOOR_S))
 
-    from .. import logs
+    def deadline_for(stage: str) -> Deadline:
+        # Each stage's own deadline (the answer's is short).
+        deadline = Deadline(settings.deadline_for(stage) if settings else deadline_s, started=started)
+        return deadline if deadline.remaining() >= STORE_FLOOR_S else Deadline(STORE_FLOOR_S)
 
-    if settings is None:
-        logs.configure("INFO")
-        finish(channel, deadline, HookResult(request.stage_and_args[0] or "?", FAILED,
-                                             detail=f"configuration: {error}"))
-        return 0
-    logs.configure(settings.log_level, settings.log_file,
-                   default_file=os.path.join(settings.data_dir, "clinica-agi.log"))
+    worker = []  # the link to the delivery worker, when it takes the events
 
-    from ..delivery.push import OneShotTransport
-    from ..delivery.handoff import ForkingSender
-    from .stages import HookServices, run_hook
-    from ..store.database import StoreError
+    def open_services():
+        from .. import logs
 
-    try:
+        if settings is None:
+            logs.configure("INFO")
+            raise SetupFailed(f"configuration: {error}")
+        # A plain file handler: this process lives a moment (logrotate's move is harmless).
+        logs.configure(settings.log_level, settings.log_file,
+                       default_file=os.path.join(settings.data_dir, "clinica-agi.log"), watched=False)
+
+        from ..delivery.wakeup import WorkerLink, socket_path
+        from .stages import HookServices
+
+        link = WorkerLink.connect(socket_path(settings.data_dir))
+        if link is not None:
+            # The delivery worker listens: it sends the events, at once, and this process
+            # neither loads an HTTP client nor waits for the CRM (delivery.wakeup).
+            worker.append(link)
+            services = HookServices.open(settings, sender=link)
+            services.hands_off = True
+            return services
+
+        from ..delivery.transport import HttpTransport as OneShotTransport  # the one transport (name kept for hooks/)
+        from ..delivery.handoff import ForkingSender
+
         # A push the CRM is slow to answer goes on in a child process after the hook.
         sender = ForkingSender(settings.crm_push_url, settings.push_format, OneShotTransport())
-        services = HookServices.open(settings, sender=sender)
-    except StoreError as exc:
-        finish(channel, deadline, HookResult(request.stage_and_args[0] or "?", FAILED, detail=str(exc)))
+        return HookServices.open(settings, sender=sender)
+
+    try:
+        result = run_session(LineStream(sys.stdin.fileno(), sys.stdout.fileno()), read_by, deadline_for,
+                             open_services)
+    except NoSession as exc:
+        cause = exc.__cause__ or exc
+        sys.stderr.write(f"clinica-agi: no AGI session on stdin ({type(cause).__name__}: {cause})\n")
         return 0
-    run_hook(request, channel, services, deadline)
+    if worker and result.status == QUEUED and result.call_id:
+        worker[0].wake(result.call_id)  # stored and committed: the worker may send them now
     return 0
 
 

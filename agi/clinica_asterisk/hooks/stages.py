@@ -1,205 +1,60 @@
-"""The hook handlers: one plain function per stage, registered under the stage's name (the
-first AGI argument in script mode, the script name under FastAGI).
+"""Running a stage of a call: the hook proper, the same for every stage.
 
-A handler only reads what its stage needs from the channel; it names those variables when
-it registers, so that they all come in one round trip (:meth:`AgiChannel.prefetch`).
-:func:`run_hook` does the rest the same way for every stage: apply the pure plan (:mod:`call_flow`) in one
-transaction, write the events to the outbox, try to send them within the deadline, and set
-``CLINICA_STATUS`` for the dialplan.  It never raises into Asterisk.
+:func:`apply_stage` reads what the stage needs from the channel (its reads in one round
+trip, then those that depend on them), makes the facts (pure, :mod:`..calls.stages`),
+applies the stage's plan in one transaction, writes the events to the outbox and leaves
+what the plan says on the channel.  :func:`run_hook` then tries to send the events within
+the deadline and sets ``CLINICA_STATUS`` for the dialplan (:func:`finish`).  It never
+raises into Asterisk.
+
+The hook is written once, as steps (:func:`hook_steps`, :func:`stage_steps`,
+:func:`finish_steps`): generators that yield what they need done (:class:`Read`,
+:class:`Set`, :class:`Say`, :class:`Write`, :class:`Send`) and get the outcome back.
+:func:`drive` does each on this thread with a blocking :class:`Channel` (script mode,
+tests; ``apply_stage``, ``run_hook`` and ``finish`` are that); the FastAGI event loop
+(:mod:`.fastagi_loop`) does them for many hooks at once, with one commit for the writes of
+all the hooks that reach theirs together.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence
 
 from asterisk.agi import AGIException
 
-from ..calls import plans as call_flow
 from ..agi.request import AgiRequest, EnvBlockError
-from ..agi.channel import AgiChannel, ChannelClosed
+from ..agi.channel import ChannelClosed
+from ..calls.numbers import NumberFormat
+from ..calls.stages import STAGES, Stage, channel_writes
 from ..config import Settings
 from ..deadline import Deadline, DeadlineExceeded
-from ..calls.dial_options import dial_string_with_answer_routine, dial_targets, with_answer_routine
-from ..delivery.push import CUT_GRACE_S, LEASE_MARGIN_S, RESERVE_S, PushSender, send_leased_events
+from ..delivery.sender import CUT_GRACE_S, RESERVE_S, PushSender
+from ..delivery.worker import LEASE_MARGIN_S, send_leased_events
 from ..calls.events import build_payload, wanted_events
 from ..store.outbox import Outbox, OutboxEvent, lease_owner
-from ..calls.phone import digits_of
 from ..store.database import Store, StoreError, call_id_from_text
-from ..variables import CALLID_VARIABLE, HANGUP_HANDLER, STATUS_VARIABLE
+from ..variables import CALLID_VARIABLE, STATUS_VARIABLE
 
 log = logging.getLogger("clinica_asterisk.hook")
 
 SENT, QUEUED, SKIPPED, FAILED, NOTFOUND = "SENT", "QUEUED", "SKIPPED", "FAILED", "NOTFOUND"
 
-FactReader = Callable[[AgiChannel, Sequence[str]], Dict[str, str]]
-HANDLERS: Dict[str, FactReader] = {}
-# What each stage reads from the channel, fetched at once before its handler runs.
-READS: Dict[str, Tuple[str, ...]] = {}
-# Stages that may have to describe a call no earlier hook stored.
-FALLBACK_STAGES = ("ring-in", "ring-out", "hangup")
-LINKEDID_KEYS = ("CLINICA_LINKEDID", "${CHANNEL(linkedid)}")
-# What _fallback_facts reads.
-FALLBACK_KEYS = (*LINKEDID_KEYS, "${CALLERID(num)}", "FROM_DID", "DIAL_NUMBER", "AMPUSER")
 
+class Channel(Protocol):
+    """All a hook does with its channel (``agi.channel.AgiChannel`` over a stream; another driver,
+    such as an event loop's, only needs these)."""
 
-def handler(stage: str, reads: Sequence[str] = ()):
-    """Register a stage's fact reader and the variables it reads; a second one under the
-    same name is a bug."""
+    def read(self, names: Sequence[str]) -> Dict[str, str]: ...
 
-    def register(fn: FactReader) -> FactReader:
-        if stage in HANDLERS:
-            raise RuntimeError(f"two handlers for stage {stage!r}")
-        if stage not in call_flow.PLANS:
-            raise RuntimeError(f"no plan for stage {stage!r}")
-        HANDLERS[stage] = fn
-        READS[stage] = tuple(dict.fromkeys((*reads, CALLID_VARIABLE)))  # see _known_call_id
-        return fn
+    def set(self, name: str, value: object) -> bool: ...
 
-    return register
+    def say(self, message: str) -> None: ...
 
-
-def _arg(args: Sequence[str], n: int) -> str:
-    return args[n].strip() if len(args) > n else ""
-
-
-def _linkedid(channel: AgiChannel) -> str:
-    # The dialplan freezes it at entry; bridging (attended transfer) can change the live one.
-    return channel.first_of("CLINICA_LINKEDID", "${CHANNEL(linkedid)}")
-
-
-@handler("ring-in", reads=(*LINKEDID_KEYS, "${CALLERID(num)}", "FROM_DID"))
-def ring_in(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,ring-in,<DID>[,<target>]) when a call enters from a trunk."""
-    return {
-        "linkedid": _linkedid(channel),
-        "caller": channel.expression("${CALLERID(num)}"),
-        "did": _arg(args, 0) or channel.variable("FROM_DID"),
-        "target": _arg(args, 1),
-    }
-
-
-# What rings, as the dialplan's predial hooks say: one extension (macro-dial-one), or a
-# ring group's members at once or one by one (macro-dial: ${ds}, FreePBX core's dialparties).
-ONE, GROUP_DIAL = "one", "group"
-
-
-@handler("dial", reads=("DEXTEN", "D_OPTIONS", "NODEST", "ds", "HuntMember", "TRANSFERERNAME", "${CHANNEL(state)}"))
-def dial(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,dial,<extension or group>,<one|group>) before an extension, ring
-    group or queue rings (FreePBX's predial hooks).  The plan says which answer routine
-    goes into the options of the Dial about to run: D_OPTIONS for one extension, ${ds}
-    (the whole Dial argument) for a group."""
-    member = call_flow.as_extension(_arg(args, 0))
-    kind = _arg(args, 1) or (ONE if channel.variable("DEXTEN") else "")
-    facts = {"target": member, "group": channel.variable("NODEST"),
-             # An attended transfer dials its target from a channel naming the transferer.
-             "transferer": channel.variable("TRANSFERERNAME"),
-             "caller_state": channel.expression("${CHANNEL(state)}")}
-    if member and kind == ONE:
-        facts.update(options_variable="D_OPTIONS", options=channel.variable("D_OPTIONS"))
-    elif member and kind == GROUP_DIAL:
-        ds = channel.variable("ds")
-        facts.update(options_variable="ds", options=ds)
-        # A hunt group dials one member at a time: ${${HuntMember}} names it.
-        hunt = channel.variable("HuntMember")
-        facts["members"] = "&".join([*dial_targets(ds), channel.variable(hunt) if hunt else ""])
-    return facts
-
-
-def _install_planned_answer_routine(channel: AgiChannel, facts: Mapping[str, str], leg: str) -> None:
-    """Put the answer routine with the plan's leg into the Dial options the dial hook read."""
-    variable, options, who = facts.get("options_variable"), facts.get("options", ""), facts.get("target", "")
-    if variable == "ds":
-        changed = dial_string_with_answer_routine(options, who, leg)
-    elif variable:
-        changed = with_answer_routine(options, who, leg)
-    else:
-        return
-    if changed != options:
-        channel.set(variable, changed)
-
-
-@handler("ring-out", reads=("DIAL_NUMBER", "DIAL_TRUNK_OPTIONS", *LINKEDID_KEYS, "CHANNEL",
-                             "${CHANNEL(state)}", "TRANSFERERNAME"))
-def ring_out(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,ring-out,<AMPUSER>,<number>,<trunk>) before a trunk is dialled."""
-    number = _arg(args, 1) or channel.variable("DIAL_NUMBER")
-    return {
-        "target": digits_of(number).lstrip("+"),
-        "options_variable": "DIAL_TRUNK_OPTIONS",
-        "options": channel.variable("DIAL_TRUNK_OPTIONS"),
-        "transferer": channel.variable("TRANSFERERNAME"),
-        "linkedid": _linkedid(channel),
-        # AMPUSER from the dialplan; else the calling device (click-to-call has no AMPUSER).
-        # Not CALLERID(num): FreePBX has already set the trunk's outbound caller id.
-        "caller_extension": _arg(args, 0) or call_flow.extension_of_channel(channel.variable("CHANNEL")),
-        "number": number,
-        "trunk": _arg(args, 2),
-        # Up for a click-to-call: its extension answered before the client was dialled.
-        "caller_state": channel.expression("${CHANNEL(state)}"),
-    }
-
-
-@handler("answer", reads=("DIALEDPEERNUMBER", "CHANNEL"))
-def answer(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,answer,<extension, group or number>,<leg>) from Dial's U(), on the
-    answering channel."""
-    facts = {"target": _arg(args, 0), "leg": _arg(args, 1), "channel": channel.variable("CHANNEL")}
-    if not call_flow.as_extension(facts["target"]):
-        facts["dialed_peer"] = channel.variable("DIALEDPEERNUMBER")
-    return facts
-
-
-# A channel name as Asterisk makes them (Local/805@from-internal-0000001a;2): nothing that
-# could end the IMPORT() it is read through.
-_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9/@;._+#:-]{0,127}")
-
-
-@handler("transfer")
-def transfer(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,transfer,<consultation channel>) from the hangup handler of an
-    answered leg whose employee started an attended transfer: hanging up completes it.
-    (A hangup handler's channel is dead: CHANNEL STATUS is refused there, IMPORT() is not.)"""
-    consult = _arg(args, 0)
-    state = ""
-    if _CHANNEL_NAME.fullmatch(consult):
-        state = channel.expression(f"${{IMPORT({consult},CHANNEL(state))}}").strip().lower()
-    return {"consult": (call_flow.CONSULT_GONE if not state
-                        else call_flow.CONSULT_UP if state == "up" else call_flow.CONSULT_RINGING),
-            "consult_channel": consult}
-
-
-@handler("hangup", reads=("DIALSTATUS", "ANSWEREDTIME", "${CDR(billsec)}", "${CDR(disposition)}",
-                          "${CDR(recordingfile)}", "VMSTATUS", "VM_MESSAGEFILE", *FALLBACK_KEYS))
-def hangup(channel: AgiChannel, args: Sequence[str]) -> Dict[str, str]:
-    """AGI(clinica-agi,hangup,<in|out|c2c>) from the hangup handler of the entering channel
-    (c2c: of a click-to-call's extension leg)."""
-    return {
-        "direction": _arg(args, 0),
-        "dialstatus": channel.variable("DIALSTATUS"),
-        "answeredtime": channel.variable("ANSWEREDTIME"),
-        "cdr_billsec": channel.expression("${CDR(billsec)}"),
-        "cdr_disposition": channel.expression("${CDR(disposition)}"),
-        "recording": channel.expression("${CDR(recordingfile)}"),
-        "vmstatus": channel.variable("VMSTATUS"),
-        "vm_message": channel.variable("VM_MESSAGEFILE"),
-    }
-
-
-def _fallback_facts(channel: AgiChannel, stage: str) -> Dict[str, str]:
-    """What a hang-up needs to describe a call that no earlier hook stored."""
-    return {
-        "linkedid": _linkedid(channel),
-        "caller": channel.expression("${CALLERID(num)}"),
-        "did": channel.variable("FROM_DID"),
-        "number": channel.variable("DIAL_NUMBER"),
-        "caller_extension": channel.variable("AMPUSER"),
-    }
+    def within(self, deadline: Deadline) -> "Channel": ...
 
 
 @dataclass
@@ -211,19 +66,23 @@ class HookServices:
     sender: PushSender
     pbx: str = ""
     clock: Callable[[], float] = time.time
+    # The delivery worker sends the events (script mode, delivery.wakeup): the hook stores
+    # them, leases and sends nothing, and reports QUEUED.
+    hands_off: bool = False
     outbox: Outbox = field(init=False)
-    fmt: call_flow.NumberFormat = field(init=False)
+    fmt: NumberFormat = field(init=False)
 
     def __post_init__(self):
         self.outbox = Outbox(self.store)
         s = self.settings
-        self.fmt = call_flow.NumberFormat(s.number_format, s.country_code, s.trunk_prefix)
+        self.fmt = NumberFormat(s.number_format, s.country_code, s.trunk_prefix)
         self.pbx = self.pbx or s.pbx_id or socket.gethostname()
 
     @classmethod
     def open(cls, settings: Settings, sender: Optional[PushSender] = None, pbx: str = "",
              transport=None) -> "HookServices":
-        store = Store(settings.db_path, busy_timeout_s=settings.hook_deadline_s)
+        store = Store(settings.store_location, busy_timeout_s=settings.hook_deadline_s,
+                      spool_path=settings.spool_path, spool_on_failure=True)
         sender = sender or PushSender(settings.crm_push_url, settings.push_format, transport)
         return cls(settings, store, sender, pbx)
 
@@ -239,38 +98,128 @@ class HookResult:
     leased_all: bool = False  # no event of the call waits on another sender
 
 
-def _known_call_id(services: HookServices, channel: AgiChannel, stage: str, facts: Dict[str, str]) -> Optional[int]:
-    """What finding the call needs from the channel, read before the write transaction: an
-    AGI round trip must never hold the store's write lock (every other hook would wait on
-    it).  The call named by CLINICA_CALLID, if it exists; else the facts to find it by."""
-    callid = call_id_from_text(channel.variable(CALLID_VARIABLE))
+# --- what a hook asks of the outside world ----------------------------------------------------
+# The hook itself (:func:`hook_steps`) is a generator that yields these and gets their
+# outcome sent back (or their error raised in it), so that one hook logic runs on any
+# driver: :func:`drive` over a blocking :class:`Channel` (script mode, tests), and the
+# FastAGI event loop (:mod:`.fastagi_loop`), which runs many hooks at once on one thread.
+
+class Read(NamedTuple):
+    """Channel variables and expressions; answered with a dict (Channel.read)."""
+    names: Sequence[str]
+
+
+class Set(NamedTuple):
+    """SET VARIABLE (Channel.set); ``within``: another deadline for this command."""
+    name: str
+    value: object
+    within: Optional[Deadline] = None
+
+
+class Say(NamedTuple):
+    """A VERBOSE line (Channel.say)."""
+    message: str
+    within: Optional[Deadline] = None
+
+
+class Write(NamedTuple):
+    """``work()`` writes to the store, opening its own ``Store.transaction()``; answered with
+    what it returns.  A driver may run several hooks' writes in one commit (the event
+    loop's group commit); each hook is answered only after that commit."""
+    work: Callable[[], object]
+
+
+class Send(NamedTuple):
+    """Send the leased events in order, waiting until ``until_monotonic`` at most (see
+    :func:`..delivery.worker.send_leased_events`); answered True when all were delivered."""
+    events: Sequence[OutboxEvent]
+    until_monotonic: float
+    attempt_s: float
+
+
+def drive(steps, channel: Channel, services: Optional[HookServices] = None):
+    """Run hook steps on this thread against a blocking channel; what they return."""
+    answer = error = None
+    while True:
+        try:
+            step = steps.send(answer) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        answer = error = None
+        try:
+            answer = _do(step, channel, services)
+        except Exception as exc:
+            error = exc
+
+
+def _do(step, channel: Channel, services: Optional[HookServices]):
+    kind = type(step)
+    if kind is Read:
+        return channel.read(step.names)
+    if kind is Set:
+        return (channel.within(step.within) if step.within is not None else channel).set(step.name, step.value)
+    if kind is Say:
+        return (channel.within(step.within) if step.within is not None else channel).say(step.message)
+    if kind is Write:
+        return step.work()
+    if kind is Send:
+        return send_leased_events(services.outbox, services.sender, step.events, step.until_monotonic,
+                                  services.settings.deliver_max_backoff_s, step.attempt_s)
+    raise TypeError(f"not a hook step: {step!r}")
+
+
+def read_steps(stage: Stage, args: Sequence[str]):
+    """All the stage reads from its channel: its first reads in one round trip, then what
+    depends on them or on its arguments."""
+    values = yield Read(stage.first_reads())
+    more = [name for name in stage.then_reads(values, args) if name not in values]
+    if more:
+        values.update((yield Read(more)))
+    return values
+
+
+def read_values(channel: Channel, stage: Stage, args: Sequence[str]) -> Dict[str, str]:
+    return drive(read_steps(stage, args), channel)
+
+
+def _known_call_id(services: HookServices, stage: Stage, values: Dict[str, str], args: Sequence[str],
+                   facts: Dict[str, str]) -> Optional[int]:
+    """Finding the call, as far as it can be done before the write transaction (no AGI
+    round trip ever holds the store's write lock: every other hook would wait on it).  The
+    call named by CLINICA_CALLID, if it exists; else the facts to find it by."""
+    callid = call_id_from_text(values[CALLID_VARIABLE])
     if callid is not None and services.store.call(callid) is not None:
         return callid  # calls are never deleted: it is still there in the transaction
-    if stage in FALLBACK_STAGES and "linkedid" not in facts:
-        facts.update(_fallback_facts(channel, stage))
+    if stage.fallback is not None:
+        facts.update(stage.fallback_facts(values, args))
     return None
 
 
-def _find_call(services: HookServices, known: Optional[int], stage: str, facts: Dict[str, str]):
+def _find_call(services: HookServices, known: Optional[int], stage: Stage, facts: Dict[str, str]):
     if known is not None:
         return services.store.call(known), False
-    if stage in FALLBACK_STAGES and facts.get("linkedid"):
+    if stage.new_call and facts.get("linkedid"):
         call = services.store.call_by_linkedid(services.pbx, facts["linkedid"])
         return call, call is not None
     return None, False
 
 
-def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: Sequence[str],
-                lease_s: float = 0.0) -> HookResult:
-    """Read the facts, store what they change, queue the events and lease the call's
-    undelivered ones for ``lease_s`` (to send them at once).  No network I/O."""
-    channel.prefetch(READS[stage])
-    facts = HANDLERS[stage](channel, args)
-    known = _known_call_id(services, channel, stage, facts)
-    now = services.clock()
+@dataclass
+class _Stored:
+    plan: object
+    call_id: Optional[int] = None
+    queued: int = 0
+    leased: List[OutboxEvent] = field(default_factory=list)
+    leased_all: bool = False
+    found_by_linkedid: bool = False
+
+
+def _store_stage(services: HookServices, stage: Stage, known: Optional[int], facts: Dict[str, str],
+                 now: float, lease_s: float) -> _Stored:
+    """The stage's one write transaction: the call, its events, their lease."""
     with services.store.transaction():
         call, found_by_linkedid = _find_call(services, known, stage, facts)
-        plan = call_flow.PLANS[stage](call, facts, services.fmt, now)
+        plan = stage.plan(call, facts, services.fmt, now)
         if plan.create is not None:
             fields = dict(plan.create, pbx=services.pbx)
             call_id = services.store.insert_call(fields)
@@ -278,7 +227,7 @@ def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: S
             call_id = call["id"]
             services.store.update_call(call_id, plan.changes)
         else:
-            return HookResult(stage, SKIPPED, detail=plan.note)
+            return _Stored(plan)
         after = services.store.call(call_id)
         queued = 0
         for key in wanted_events(plan.events, services.settings.transfer_pair):
@@ -291,36 +240,54 @@ def apply_stage(services: HookServices, channel: AgiChannel, stage: str, args: S
         leased, leased_all = [], False
         if queued and lease_s > 0:
             leased, leased_all = services.outbox.lease_pending(call_id, lease_owner(), services.store.clock() + lease_s)
-    if plan.create is not None or found_by_linkedid:
-        # Every later hook of the call (other legs inherit the variable) finds it by id.
-        channel.set("__" + CALLID_VARIABLE, call_id)
-    if plan.answer_leg:
-        _install_planned_answer_routine(channel, facts, plan.answer_leg)
-    if plan.arm_hangup:
-        channel.set("CHANNEL(hangup_handler_push)", f"{HANGUP_HANDLER},s,1({plan.arm_hangup})")
-    if not queued:
-        return HookResult(stage, SKIPPED, call_id, plan.note or "nothing new for this call")
-    return HookResult(stage, QUEUED, call_id, leased=leased, leased_all=leased_all)
+    return _Stored(plan, call_id, queued, leased, leased_all, found_by_linkedid)
 
 
-def run_hook(request: AgiRequest, channel: AgiChannel, services: HookServices, deadline: Deadline) -> HookResult:
-    """One hook session, start to end.  Never raises; always leaves CLINICA_STATUS."""
+def stage_steps(services: HookServices, stage_name: str, args: Sequence[str], lease_s: float = 0.0):
+    """Read the facts, store what they change, queue the events and lease the call's
+    undelivered ones for ``lease_s`` (to send them at once).  No network I/O but the
+    channel's."""
+    stage = STAGES[stage_name]
+    values = yield from read_steps(stage, args)
+    facts = stage.facts(values, args)
+    known = _known_call_id(services, stage, values, args, facts)
+    now = services.clock()
+    stored = yield Write(lambda: _store_stage(services, stage, known, facts, now, lease_s))
+    plan, call_id = stored.plan, stored.call_id
+    if call_id is None:
+        return HookResult(stage_name, SKIPPED, detail=plan.note)
+    # Every later hook of the call (other legs inherit the variable) finds it by id.
+    remember = plan.create is not None or stored.found_by_linkedid
+    for name, value in channel_writes(stage, facts, plan, call_id, remember):
+        yield Set(name, value)
+    if not stored.queued:
+        return HookResult(stage_name, SKIPPED, call_id, plan.note or "nothing new for this call")
+    return HookResult(stage_name, QUEUED, call_id, leased=stored.leased, leased_all=stored.leased_all)
+
+
+def apply_stage(services: HookServices, channel: Channel, stage_name: str, args: Sequence[str],
+                lease_s: float = 0.0) -> HookResult:
+    """:func:`stage_steps` on a blocking channel."""
+    return drive(stage_steps(services, stage_name, args, lease_s), channel, services)
+
+
+def hook_steps(request: AgiRequest, services: HookServices, deadline: Deadline):
+    """One hook session, start to end, as steps.  Never raises; always leaves CLINICA_STATUS."""
     stage, args = request.stage_and_args
     result = HookResult(stage or "?", FAILED)
     try:
-        if stage not in HANDLERS:
-            result = HookResult(stage or "?", NOTFOUND, detail=f"unknown stage {stage!r}; known: {', '.join(sorted(HANDLERS))}")
+        if stage not in STAGES:
+            result = HookResult(stage or "?", NOTFOUND, detail=f"unknown stage {stage!r}; known: {', '.join(sorted(STAGES))}")
         else:
-            services.store.set_busy_timeout(max(0.05, deadline.remaining() - RESERVE_S))
+            services.store.start_session(max(0.05, deadline.remaining() - RESERVE_S))
             # A push the CRM is slow to answer goes on after the hook, for the transport's
             # whole limit; the lease covers it, so nobody sends the event again meanwhile.
             attempt_s = services.settings.deliver_timeout_s
-            result = apply_stage(services, channel, stage, args,
-                                 deadline.remaining() + attempt_s + CUT_GRACE_S + LEASE_MARGIN_S)
+            lease_s = 0.0 if services.hands_off else deadline.remaining() + attempt_s + CUT_GRACE_S + LEASE_MARGIN_S
+            result = yield from stage_steps(services, stage, args, lease_s)
             if result.status == QUEUED:
                 until = time.monotonic() + deadline.remaining() - RESERVE_S
-                if send_leased_events(services.outbox, services.sender, result.leased, until,
-                                      services.settings.deliver_max_backoff_s, attempt_s) and result.leased_all:
+                if (yield Send(result.leased, until, attempt_s)) and result.leased_all:
                     result.status = SENT
     except DeadlineExceeded as exc:
         result.detail = f"deadline reached while {exc}"
@@ -333,21 +300,30 @@ def run_hook(request: AgiRequest, channel: AgiChannel, services: HookServices, d
         log.exception("hook %s failed", stage)
         result.detail = f"{type(exc).__name__}: {exc}"
     result.ms = deadline.elapsed_ms()
-    finish(channel, deadline, result)
+    yield from finish_steps(deadline, result)
     return result
 
 
-def finish(channel: AgiChannel, deadline: Deadline, result: HookResult) -> None:
+def run_hook(request: AgiRequest, channel: Channel, services: HookServices, deadline: Deadline) -> HookResult:
+    """One hook session on a blocking channel.  Never raises; always leaves CLINICA_STATUS."""
+    return drive(hook_steps(request, services, deadline), channel, services)
+
+
+def finish_steps(deadline: Deadline, result: HookResult):
     """Tell the dialplan (CLINICA_STATUS) and the log how the hook went."""
     level = logging.INFO if result.status in (SENT, QUEUED, SKIPPED) else logging.WARNING
     log.log(level, "hook call=%s stage=%s outcome=%s ms=%d%s", result.call_id or "-", result.stage,
             result.status, result.ms, f" detail={result.detail!r}" if result.detail else "")
     # The last command gets a short grace of its own, so a hook that used its whole
     # deadline still reports; a dead or closed channel simply does not answer.
-    channel.stream.deadline = Deadline(max(0.02, min(RESERVE_S, deadline.remaining())))
+    within = Deadline(max(0.02, min(RESERVE_S, deadline.remaining())))
     try:
-        channel.set(STATUS_VARIABLE, result.status)
+        yield Set(STATUS_VARIABLE, result.status, within)
         if result.status in (FAILED, NOTFOUND):
-            channel.say(f"clinica: {result.stage} {result.status}: {result.detail}"[:300])
+            yield Say(f"clinica: {result.stage} {result.status}: {result.detail}"[:300], within)
     except (DeadlineExceeded, ChannelClosed, OSError):
         pass
+
+
+def finish(channel: Channel, deadline: Deadline, result: HookResult) -> None:
+    drive(finish_steps(deadline, result), channel)

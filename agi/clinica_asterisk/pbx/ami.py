@@ -1,21 +1,23 @@
-"""Asterisk Manager Interface through pyst2, with a time limit on every wait.
+"""The one client of the Asterisk Manager Interface (AMI), through pyst2, with a time limit
+on every wait: for the API (click-to-call, hang-up, the live channels), the reconciler
+(:mod:`clinica_asterisk.delivery.reconcile`) and ``doctor``.
 
-pyst2's :class:`asterisk.manager.Manager` connects without a timeout and waits for every
-answer forever.  :class:`TimedManager` keeps its protocol handling and adds the limits:
-the TCP connect, the greeting, and each action's response (Login, Originate, Logoff) must
-each come within ``timeout_s``, else the session is cut and :class:`AmiTimeout` raised.
+pyst2's :class:`asterisk.manager.Manager` is used through its public API (``connect``,
+``login``, ``send_action``, ``register_event``, ``logoff``) by :class:`AmiClient`, except
+for what it cannot do safely, which :class:`TimedManager` wraps (see its docstring): it
+connects without a timeout and waits for every answer forever.  With the wrap the TCP
+connect, the greeting, and each action's response (Login, Originate, Logoff) must each
+come within ``timeout_s``, else the session is cut and :class:`AmiTimeout` raised.
 
-One short session per click-to-call (connect, login, one action, logoff): nothing to keep
-alive, nothing to reconnect, and a stuck Asterisk costs one request its time limit.  The
-same for an action that answers with a list of events (``CoreShowChannels``, see
-:mod:`clinica_asterisk.delivery.reconcile`): the whole list, up to its ``…Complete`` event, must
-come within ``timeout_s`` of the response.
+One short session per use (connect, login, one action, logoff): nothing to keep alive,
+nothing to reconnect, and a stuck Asterisk costs one request its time limit.  The same for
+an action that answers with a list of events (``CoreShowChannels``): the whole list, up
+to its ``…Complete`` event, must come within ``timeout_s`` of the response.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import queue
 import socket
@@ -28,8 +30,6 @@ from asterisk.manager import Manager, ManagerAuthException, ManagerException, Ma
 
 from ..config import Settings
 
-log = logging.getLogger("clinica_asterisk.api.ami")
-
 HeaderValue = Union[str, List[str]]
 _POLL_S = 0.05
 _ACTION_IDS = itertools.count(1)
@@ -39,13 +39,18 @@ class AmiError(Exception):
     """The manager could not do what was asked; the message is safe to show.
     ``action_sent``: the action left before the failure, so Asterisk may have run it."""
 
-    def __init__(self, message: str, action_sent: bool = False):
+    def __init__(self, message: str, action_sent: bool = False, reason: str = ""):
         super().__init__(message)
         self.action_sent = action_sent
+        self.reason = reason  # what the manager or the system said, for doctor
 
 
 class AmiUnreachable(AmiError):
     pass
+
+
+class AmiConnectFailed(AmiUnreachable):
+    """No TCP connection to the manager (nothing listens, no route)."""
 
 
 class AmiLoginFailed(AmiError):
@@ -118,6 +123,24 @@ class _ManagerStream:
 
 
 class TimedManager(Manager):
+    """pyst2's Manager with a limit on every wait: the one place that touches its internals.
+
+    Why its public API is not enough, exactly:
+
+    * ``connect()`` opens the TCP connection without a timeout (a host that drops packets
+      holds it for minutes) and only over IPv4: :meth:`connect` opens it with
+      :func:`socket.create_connection` and hands pyst2 the stream (``_sock``), then starts
+      its two threads and sets its ``_connected`` / ``_running`` flags as its own
+      ``connect()`` does;
+    * ``send_action()`` and ``connect()`` wait on ``_response_queue`` with no timeout, and
+      when Asterisk hangs up before the wait began nobody wakes them: the queue is swapped
+      for :class:`_DeadlineQueue`, which gives every wait the limit, then cuts the session;
+    * ``close()`` sends Logoff and joins pyst2's threads without a limit: :meth:`close`
+      does the same with the limit;
+    * a list action's events arrive on pyst2's dispatch thread: :meth:`wait_for_list`
+      waits for them with the limit, and sees a hang-up through ``_connected``.
+    """
+
     def __init__(self, timeout_s: float):
         super().__init__()
         self.timeout_s = timeout_s
@@ -147,6 +170,21 @@ class TimedManager(Manager):
         if greeting is None:
             raise ManagerSocketException(0, "no greeting from the manager")
         return greeting
+
+    def wait_for_list(self, complete: threading.Event, timeout_s: float) -> None:
+        """Until a list's last event has been handled, at most ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not complete.wait(max(0.0, min(_POLL_S, deadline - time.monotonic()))):
+            if not self._connected.is_set():
+                # Asterisk hung up: the events it sent before are still being handed over.
+                self.event_dispatch_thread.join(max(0.0, deadline - time.monotonic()))
+                if complete.is_set():
+                    return
+                raise ManagerSocketException(0, "connection closed in the middle of a list")
+            if time.monotonic() >= deadline:
+                self.timed_out = True
+                self.abort()
+                raise ManagerException("the list did not end in time")
 
     def abort(self) -> None:
         """Cut the connection; pyst2's reader sees the end and its threads finish."""
@@ -208,6 +246,10 @@ class AmiClient:
         """Log in, send one action, log off.  The response's headers on success."""
         return self._session(action, None)[0]
 
+    def greet(self) -> str:
+        """Log in and log off: what the manager calls itself (``Asterisk Call Manager/7.0.3``)."""
+        return self._session(None, None)[0]["Greeting"]
+
     def collect(self, action: Dict[str, HeaderValue], complete_event: str) -> List[Dict[str, str]]:
         """Log in, send one action that Asterisk answers with a list of events, log off.
         The events of the list, in the order they came, up to and with ``complete_event``."""
@@ -215,9 +257,9 @@ class AmiClient:
         action.setdefault("ActionID", f"clinica-{os.getpid()}-{next(_ACTION_IDS)}")
         return self._session(action, complete_event)[1]
 
-    def _session(self, action: Dict[str, HeaderValue],
+    def _session(self, action: Optional[Dict[str, HeaderValue]],
                  complete_event: Optional[str]) -> Tuple[Dict[str, str], List[Dict[str, str]]]:
-        for name, value in action.items():
+        for name, value in (action or {}).items():
             for item in value if isinstance(value, list) else [value]:
                 # The last guard against header injection; callers validate first.
                 if any(ch in str(item) for ch in "\r\n\0"):
@@ -231,7 +273,7 @@ class AmiClient:
         finally:
             self.sessions.release()
 
-    def _run(self, action: Dict[str, HeaderValue],
+    def _run(self, action: Optional[Dict[str, HeaderValue]],
              complete_event: Optional[str]) -> Tuple[Dict[str, str], List[Dict[str, str]]]:
         manager = self.manager_factory(self.timeout_s)
         events: List[Dict[str, str]] = []
@@ -243,20 +285,25 @@ class AmiClient:
             manager.connect(self.host, self.port)
             what = "logging in"
             manager.login(self.user, self.secret)
-            what, sent = f"waiting for the {action.get('Action', 'action')} response", True
-            response = manager.send_action(dict(action))
-            headers = dict(response.headers)
+            if action is None:
+                headers = {"Response": "Success", "Greeting": f"{manager.title}/{manager.version}"}
+            else:
+                what, sent = f"waiting for the {action.get('Action', 'action')} response", True
+                response = manager.send_action(dict(action))
+                headers = dict(response.headers)
             if complete_event is not None and headers.get("Response") == "Success":
                 what = f"waiting for the {action.get('Action')} list"
-                _wait_for_list(manager, complete, self.timeout_s)
-        except ManagerAuthException:
-            raise AmiLoginFailed("the manager refused the login") from None
-        except ManagerException:
+                manager.wait_for_list(complete, self.timeout_s)
+        except ManagerAuthException as exc:
+            raise AmiLoginFailed("the manager refused the login", reason=_printable(exc)) from None
+        except ManagerException as exc:
+            reason = _printable(exc.args[-1] if exc.args else exc)
             if manager.timed_out:
-                raise AmiTimeout(f"no answer from the manager while {what}", sent) from None
+                raise AmiTimeout(f"no answer from the manager while {what}", sent, reason) from None
             if what == "connecting":
-                raise AmiUnreachable(f"cannot connect to the manager at {self.host}:{self.port}") from None
-            raise AmiUnreachable(f"the manager closed the connection while {what}", sent) from None
+                raise AmiConnectFailed(f"cannot connect to the manager at {self.host}:{self.port}",
+                                       reason=reason) from None
+            raise AmiUnreachable(f"the manager closed the connection while {what}", sent, reason) from None
         finally:
             manager.close()
         if headers.get("Response") != "Success":
@@ -285,22 +332,6 @@ def _list_collector(action_id: str, complete_event: str, events: List[Dict[str, 
             complete.set()
 
     return collect
-
-
-def _wait_for_list(manager: TimedManager, complete: threading.Event, timeout_s: float) -> None:
-    """Until the list's last event has been handled, at most ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not complete.wait(max(0.0, min(_POLL_S, deadline - time.monotonic()))):
-        if not manager._connected.is_set():
-            # Asterisk hung up: the events it sent before are still being handed over.
-            manager.event_dispatch_thread.join(max(0.0, deadline - time.monotonic()))
-            if complete.is_set():
-                return
-            raise ManagerSocketException(0, "connection closed in the middle of a list")
-        if time.monotonic() >= deadline:
-            manager.timed_out = True
-            manager.abort()
-            raise ManagerException("the list did not end in time")
 
 
 def _printable(text: str, limit: int = 120) -> str:

@@ -1,14 +1,20 @@
-"""The service's way of pushing: kept-alive connections on sender threads that outlive
-each attempt, and still a hard time limit per attempt."""
+"""The one way of pushing, for hooks and worker alike: kept-alive connections on sender
+threads that outlive each attempt, and still a hard time limit per attempt.  (Redirects:
+test_push_redirects.py.)"""
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from clinica_asterisk.delivery.push import KeepAliveTransport, PushSender
+from clinica_asterisk.delivery.sender import PushSender
+from clinica_asterisk.delivery.transport import HttpAnswer, HttpTransport
 
 PAYLOAD = {"requestType": "receivedTheCall", "generalCallID": "42", "externalNumber": "0670219424"}
+# Every kind of character a form or JSON body must carry intact.
+FIELDS = {"didNumber": "0443334000", "externalNumber": "+380670219424", "internalNumber": "801",
+          "generalCallID": "1795715093000", "callType": "0", "companyID": "3041",
+          "requestType": "receivedTheCall", "note": "Клієнт & co = 100%"}
 
 
 class _Recording(BaseHTTPRequestHandler):
@@ -48,16 +54,17 @@ class RecordingCrm(ThreadingHTTPServer):
 
 
 @pytest.mark.parametrize("push_format", ["form", "json"])
-def test_keepalive_transport_delivers_the_same_fields(push_format, crm):
-    sender = PushSender(crm.url, push_format, KeepAliveTransport())
-    assert sender.post(PAYLOAD, 5).ok
-    assert crm.pushes() == [PAYLOAD]
+def test_the_transport_delivers_every_field_intact(push_format, crm):
+    sender = PushSender(crm.url, push_format, HttpTransport())
+    attempt = sender.post(FIELDS, 5)
+    assert attempt.ok and attempt.detail == "HTTP 200"
+    assert crm.pushes() == [FIELDS]
     sender.close()
 
 
 def test_one_sender_keeps_one_connection_to_the_crm():
     crm = RecordingCrm()
-    sender = PushSender(crm.url, "form", KeepAliveTransport())
+    sender = PushSender(crm.url, "form", HttpTransport())
     try:
         assert all(sender.post(PAYLOAD, 5).ok for _ in range(5))
         assert len(set(crm.peers)) == 1
@@ -69,7 +76,7 @@ def test_one_sender_keeps_one_connection_to_the_crm():
 @pytest.mark.parametrize("how", ["header", "silent"])
 def test_a_connection_the_crm_closed_is_not_reused(how):
     crm = RecordingCrm(close_after_answer=how)
-    sender = PushSender(crm.url, "form", KeepAliveTransport())
+    sender = PushSender(crm.url, "form", HttpTransport())
     try:
         assert [sender.post(PAYLOAD, 5).ok for _ in range(3)] == [True] * 3
         assert len(set(crm.peers)) == 3
@@ -79,13 +86,13 @@ def test_a_connection_the_crm_closed_is_not_reused(how):
 
 
 def test_error_status_and_closed_port_are_failed_attempts(failing_crm, closed_port_url):
-    assert PushSender(failing_crm.url, "form", KeepAliveTransport()).post(PAYLOAD, 5).detail == "HTTP 500"
-    refused = PushSender(closed_port_url, "form", KeepAliveTransport()).post(PAYLOAD, 5)
+    assert PushSender(failing_crm.url, "form", HttpTransport()).post(PAYLOAD, 5).detail == "HTTP 500"
+    refused = PushSender(closed_port_url, "form", HttpTransport()).post(PAYLOAD, 5)
     assert not refused.ok and "Connection" in refused.detail
 
 
 def test_a_crm_that_never_answers_costs_the_limit_and_the_next_push_gets_through(hanging_crm, crm):
-    sender = PushSender(hanging_crm.url, "form", KeepAliveTransport())
+    sender = PushSender(hanging_crm.url, "form", HttpTransport())
     attempt = sender.post(PAYLOAD, 0.3)
     assert not attempt.ok  # the socket's timeout or the wait's, whichever comes first
     assert "no answer within 0.3 s" in attempt.detail or "timed out" in attempt.detail
@@ -100,7 +107,7 @@ class ThreadRecordingTransport:
 
     def post(self, url, body, content_type, timeout_s, cutoff=None):
         self.threads.append(threading.current_thread())
-        return 200
+        return HttpAnswer(200)
 
 
 def test_attempts_reuse_an_idle_sender_thread_and_close_ends_it():
@@ -139,7 +146,7 @@ def test_credentials_in_the_url_become_basic_auth():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://clinic:s%40cret@127.0.0.1:{server.server_address[1]}/push"
-        assert PushSender(url, "form", KeepAliveTransport()).post(PAYLOAD, 5).ok
+        assert PushSender(url, "form", HttpTransport()).post(PAYLOAD, 5).ok
         assert seen == ["Basic Y2xpbmljOnNAY3JldA=="]
     finally:
         server.shutdown()
