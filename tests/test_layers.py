@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "agi" / "clinica_asterisk"
 
 # Lowest first.  A top-level module is named by itself, a subpackage by its folder.
 LAYERS = [
-    {"variables", "deadline", "redact", "config", "logs"},  # leaves: names, time, settings
+    {"variables", "deadline", "redact", "config", "logs", "values"},  # leaves: names, time, settings, records
     {"calls", "agi", "pbx", "store"},  # pure call logic; the protocols; the store
     {"delivery"},  # sending the outbox to the CRM
     {"hooks", "api"},  # what Asterisk runs; what the CRM calls

@@ -178,3 +178,31 @@ def test_the_environment_still_wins_over_a_cached_file(env_file, monkeypatch):
     config.load_settings()
     monkeypatch.setenv("CLINICA_COMPANY_ID", "77")
     assert config.load_settings().company_id == "77"
+
+
+# What a script hook must not load when it hands its events to the worker: each costs every
+# ring, answer and hang-up milliseconds of start-up (issue 13).  Checked in the hook's own
+# process, after a whole hook, so that a lazy import on its path counts too.
+HEAVY_MODULES = ("http.client", "ssl", "email", "urllib.request", "requests", "logging", "typing",
+                 "dataclasses", "inspect", "asterisk.agi", "queue", "dotenv")
+PROBE = ("import sys\n"
+         "from clinica_asterisk.hooks.script import main\n"
+         "status = main()\n"
+         "sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n')\n"
+         "sys.exit(status)\n")
+
+
+def test_a_hook_handing_its_events_over_loads_no_heavy_module(crm, tmp_path):
+    env = environment(tmp_path, crm_push_url=crm.url, answer_deadline_ms=2000)
+    worker = start_worker(env, tmp_path / "data")
+    try:
+        played = play(recorded_calls()[0][:1], Script(env, command=[sys.executable, "-c", PROBE]))
+    finally:
+        stop(worker)
+    assert [p.status for p in played] == ["QUEUED"]
+    stderr = played[0].conversation.extra_stderr
+    assert "outcome=QUEUED" in stderr  # its log line, written without the logging package
+    loaded = set(stderr.split("MODULES ", 1)[1].split())
+    assert "clinica_asterisk.hooks.stages" in loaded and "sqlite3" in loaded
+    heavy = sorted(m for m in loaded if m in HEAVY_MODULES or m.split(".")[0] in ("email", "http", "requests"))
+    assert heavy == []

@@ -12,9 +12,13 @@ import ipaddress
 import os
 import re
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from .values import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Mapping, Optional, Tuple
 
 SYSTEM_ENV_FILE = "/etc/clinica-asterisk/.env"
 # C0 controls and DEL, but tab, CR and LF (which an env file is made of).
@@ -99,16 +103,14 @@ class StoreUrlError(ValueError):
     """``CLINICA_STORE_URL`` is not one this program can use; the text never quotes it."""
 
 
-@dataclass(frozen=True)
-class StoreUrl:
+class StoreUrl(Value):
     """Where the shared store is, parsed from its URL.  Pure."""
 
-    user: str
-    password: str = field(repr=False)
-    host: str
-    port: int
-    database: str
-    options: Tuple[Tuple[str, str], ...] = ()
+    # Fields, in order, and their types:
+    # user: str; password: str; host: str; port: int; database: str; options: Tuple[Tuple[str, str], ...]
+    __slots__ = ("user", "password", "host", "port", "database", "options")
+    _defaults = {"options": ()}
+    _hidden = frozenset({"password"})  # secrets: not in repr
 
     @property
     def unix_socket(self) -> str:
@@ -203,56 +205,32 @@ def known_store_password(location: str) -> Optional[str]:
         return _STORE_PASSWORDS.get(location)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every setting, validated (:func:`build_settings`).  (A docstring of its own also
-    spares each process the signature dataclasses would otherwise compute for one.)"""
+class Settings(Value):
+    """Every setting, validated (:func:`build_settings`)."""
 
-    crm_push_url: str
-    push_format: str
-    company_id: str
-    transfer_pair: bool
-    push_extra_keys: bool
-    hook_deadline_s: float
-    answer_deadline_s: float
-    deliver_timeout_s: float
-    deliver_max_backoff_s: float
-    number_format: str
-    country_code: str
-    trunk_prefix: str
-    trunk_numbers: Mapping[str, str]
-    data_dir: str
-    store_url: str = field(repr=False)
-    pbx_id: str
-    log_level: str
-    log_file: str
-    fastagi_bind: Tuple[str, int]
-    fastagi_pool: int
-    fastagi_backlog: int
-    fastagi_session_timeout_s: float
-    fastagi_allow: Tuple[object, ...]
-    fastagi_engine: str
-    api_bind: Tuple[str, int]
-    api_public_url: str
-    api_keys: Mapping[str, str] = field(repr=False)
-    api_max_body: int
-    recordings_dir: str
-    record_link_ttl_s: int
-    directory_file: str
-    freepbx_db: str = field(repr=False)
-    freepbx_conf: str
-    freepbx_refresh_s: int
-    ami_host: str
-    ami_port: int
-    ami_user: str
-    ami_secret: str = field(repr=False)
-    ami_timeout_s: float
-    originate_context: str
-    originate_channel_context: str
-    originate_timeout_s: int
-    reconcile_s: int
-    online_max_s: int
-    source: str = ""
+    # Fields, in order, and their types:
+    # crm_push_url: str; push_format: str; company_id: str; transfer_pair: bool; push_extra_keys: bool;
+    # hook_deadline_s: float; answer_deadline_s: float; deliver_timeout_s: float;
+    # deliver_max_backoff_s: float; number_format: str; country_code: str; trunk_prefix: str;
+    # trunk_numbers: Mapping[str, str]; data_dir: str; store_url: str; pbx_id: str; log_level: str;
+    # log_file: str; fastagi_bind: Tuple[str, int]; fastagi_pool: int; fastagi_backlog: int;
+    # fastagi_session_timeout_s: float; fastagi_allow: Tuple[object, ...]; fastagi_engine: str;
+    # api_bind: Tuple[str, int]; api_public_url: str; api_keys: Mapping[str, str]; api_max_body: int;
+    # recordings_dir: str; record_link_ttl_s: int; directory_file: str; freepbx_db: str; freepbx_conf: str;
+    # freepbx_refresh_s: int; ami_host: str; ami_port: int; ami_user: str; ami_secret: str;
+    # ami_timeout_s: float; originate_context: str; originate_channel_context: str; originate_timeout_s: int;
+    # reconcile_s: int; online_max_s: int; source: str
+    __slots__ = ("crm_push_url", "push_format", "company_id", "transfer_pair", "push_extra_keys",
+                 "hook_deadline_s", "answer_deadline_s", "deliver_timeout_s", "deliver_max_backoff_s",
+                 "number_format", "country_code", "trunk_prefix", "trunk_numbers", "data_dir", "store_url",
+                 "pbx_id", "log_level", "log_file", "fastagi_bind", "fastagi_pool", "fastagi_backlog",
+                 "fastagi_session_timeout_s", "fastagi_allow", "fastagi_engine", "api_bind",
+                 "api_public_url", "api_keys", "api_max_body", "recordings_dir", "record_link_ttl_s",
+                 "directory_file", "freepbx_db", "freepbx_conf", "freepbx_refresh_s", "ami_host", "ami_port",
+                 "ami_user", "ami_secret", "ami_timeout_s", "originate_context", "originate_channel_context",
+                 "originate_timeout_s", "reconcile_s", "online_max_s", "source")
+    _defaults = {"source": ""}
+    _hidden = frozenset({"store_url", "api_keys", "freepbx_db", "ami_secret"})  # secrets: not in repr
 
     def deadline_for(self, stage: str) -> float:
         """How long a hook of ``stage`` may hold its call, in seconds.  The answer hook runs

@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Optional
+
+# The time budgets of a hook and of the pushes it makes; here, beside the deadlines they
+# are cut from, so that a hook that hands its events over need not import the sender.
+# Time kept back from a hook's deadline for the last AGI command (the status variable).
+RESERVE_S = 0.1
+# How long after its limit a cut attempt may take to notice (the caller waits that more).
+CUT_GRACE_S = 1.0
+# A lease outlives the attempt it covers by this much (clock skew, slow commit).
+LEASE_MARGIN_S = 5.0
 
 
 class DeadlineExceeded(Exception):

@@ -8,7 +8,9 @@ and any text that may quote it (an exception's message) through :func:`scrub`.  
 
 from __future__ import annotations
 
-from typing import List
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import List
 from urllib.parse import unquote, urlsplit
 
 HIDDEN = "…"

@@ -30,22 +30,43 @@ What every caller gets:
 
 from __future__ import annotations
 
-import logging
 import os
 import select
-import threading
-from typing import Dict, List, Optional, Sequence
 
-from asterisk.agi import AGIException, AGIResultHangup
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
 
-from .reply import Reply, batch_expression, parse_reply, reply_code, split_batch
+from .reply import agi_error, batch_expression, parse_reply, reply_code, split_batch
 from .request import (MAX_ENV_BYTES, MAX_ENV_LINES, MAX_LINE_BYTES, AgiRequest, EnvBlockError,
                       parse_env_block, parse_env_line)
 from ..deadline import Deadline, DeadlineExceeded
+from ..logs import get_logger
+
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Sequence
+
+    from .reply import Reply
 
 
-log = logging.getLogger("clinica_asterisk.agi.channel")
-_batch_refused = threading.Event()
+log = get_logger("clinica_asterisk.agi.channel")
+
+
+class _Once:
+    """A flag set once per process (``threading.Event``'s two methods, without loading
+    ``threading`` into a script hook)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self):
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+
+
+_batch_refused = _Once()
 # A usage text (520) is read up to this many lines.
 MAX_USAGE_LINES = 100
 
@@ -218,7 +239,7 @@ class AgiChannel:
             answer = error = None
             try:
                 answer = self._command(line)
-            except AGIException as exc:
+            except agi_error() as exc:
                 error = exc
 
     def _command(self, line: str) -> Reply:
@@ -276,7 +297,7 @@ class AnswerLines:
 def get_steps(command: str, name: str):
     try:
         reply = yield command_line(command, name)
-    except AGIResultHangup:
+    except agi_error("AGIResultHangup"):
         # ``200 result=1 (hangup)``: the value is the word, as pyst2's get_variable reads it.
         return "hangup"
     return reply["result"][1]
@@ -290,7 +311,7 @@ def read_steps(names: Sequence[str]):
     if len(wanted) > 1:
         try:
             batch = split_batch((yield from get_steps("GET FULL VARIABLE", batch_expression(wanted))), len(wanted))
-        except AGIException:
+        except agi_error():
             batch = {}
         if batch is None:
             if not _batch_refused.is_set():
@@ -308,7 +329,7 @@ def read_steps(names: Sequence[str]):
 def set_steps(name: str, value: object):
     try:
         yield command_line("SET VARIABLE", name, value)
-    except AGIException:
+    except agi_error():
         return False
     return True
 
@@ -316,5 +337,5 @@ def set_steps(name: str, value: object):
 def say_steps(message: str):
     try:
         yield command_line("VERBOSE", message, level=1)
-    except AGIException:
+    except agi_error():
         pass

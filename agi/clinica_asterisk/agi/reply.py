@@ -21,11 +21,30 @@ would answer empty fields, which must not pass for empty variables).
 from __future__ import annotations
 
 import csv
-from typing import Dict, List, Optional, Sequence, Tuple
 
-from asterisk.agi import AGIAppError, AGIInvalidCommand, AGIResultHangup, AGIUnknownError, AGIUsageError
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
 
-Reply = Dict[str, Tuple[str, str]]
+import sys
+
+
+def _pyst2():
+    """pyst2's ``asterisk.agi``, loaded with the first error answer (it costs a script hook
+    a good part of its start-up, and a hook whose commands succeed never needs it)."""
+    import asterisk.agi
+
+    return asterisk.agi
+
+
+def agi_error(name: str = "AGIException"):
+    """pyst2's exception class ``name`` for an ``except`` clause; ``()`` (catches nothing)
+    while pyst2 is not loaded, when none of its exceptions can have been raised."""
+    module = sys.modules.get("asterisk.agi")
+    return getattr(module, name) if module is not None else ()
+
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Sequence, Tuple
+
+    Reply = Dict[str, Tuple[str, str]]
 
 BATCH_MARK = "clinica"
 
@@ -48,10 +67,10 @@ def parse_reply(line: str, usage: Sequence[str] = ()) -> Reply:
     if code == 200:
         return _fields(rest)
     if code == 510:
-        raise AGIInvalidCommand(rest)
+        raise _pyst2().AGIInvalidCommand(rest)
     if code == 520:
-        raise AGIUsageError("\n".join([line, *usage]) + "\n")
-    raise AGIUnknownError(code, f"Unhandled code or undefined response: {line[:200]!r}")
+        raise _pyst2().AGIUsageError("\n".join([line, *usage]) + "\n")
+    raise _pyst2().AGIUnknownError(code, f"Unhandled code or undefined response: {line[:200]!r}")
 
 
 def _fields(text: str) -> Reply:
@@ -69,9 +88,9 @@ def _fields(text: str) -> Reply:
                 data, text = text[1:close], text[close + 1:].lstrip(" ")
         fields[key.strip()] = (value, data)
         if data == "hangup":
-            raise AGIResultHangup("User hungup during execution")
+            raise _pyst2().AGIResultHangup("User hungup during execution")
         if key.strip() == "result" and value == "-1":
-            raise AGIAppError("Error executing application, or hangup")
+            raise _pyst2().AGIAppError("Error executing application, or hangup")
     return fields
 
 

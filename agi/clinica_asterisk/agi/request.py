@@ -7,9 +7,13 @@ Pure: lines in, :class:`AgiRequest` out, or :class:`EnvBlockError` for garbage.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, Tuple
 from urllib.parse import urlsplit
+
+from ..values import Value
 
 MAX_ENV_LINES = 128
 MAX_LINE_BYTES = 16384
@@ -44,11 +48,10 @@ def parse_env_block(lines: Iterable[str]) -> Dict[str, str]:
     return env
 
 
-@dataclass(frozen=True)
-class AgiRequest:
+class AgiRequest(Value):
     """The env block Asterisk sends first (``agi_*`` lines), immutable."""
 
-    env: Mapping[str, str]
+    __slots__ = ("env",)  # Mapping[str, str]
 
     @property
     def network(self) -> bool:

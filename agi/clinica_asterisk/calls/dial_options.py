@@ -10,7 +10,9 @@ routine itself first:  ``U(clinica-answer^<who>^<leg>^<displaced routine>^<its a
 
 from __future__ import annotations
 
-from typing import List, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import List, Tuple
 
 from .phone import is_digits
 

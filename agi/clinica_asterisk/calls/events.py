@@ -16,7 +16,9 @@ client (:data:`TRANSFER_PAIR`).
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Dict, Mapping, Tuple
 
 RECEIVED = "receivedTheCall"
 ANSWERED = "answeredTheCall"

@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .phone import normalize
+from ..values import Value
 
 
-@dataclass(frozen=True)
-class NumberFormat:
+class NumberFormat(Value):
     """How phone numbers are written in the pushes and the API (CLINICA_NUMBER_FORMAT …)."""
 
-    number_format: str = "national"
-    country_code: str = "380"
-    trunk_prefix: str = "0"
+    __slots__ = ("number_format", "country_code", "trunk_prefix")
+    _defaults = {"number_format": "national", "country_code": "380", "trunk_prefix": "0"}
 
     def __call__(self, raw: str) -> str:
         return normalize(raw, self.number_format, self.country_code, self.trunk_prefix)

@@ -8,13 +8,15 @@ are de-duplicated by the outbox (one of each type per call), and first facts win
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Mapping, Optional
 
 from .dial_options import BLIND, CONSULT, EXT, GROUP, TRUNK
 from .events import ANSWERED, HANGUP, INCOMING, OUTGOING, RECEIVED, transfer_keys
 from .numbers import NumberFormat
 from .phone import digits_of, is_digits
+from ..values import Value
 from ..variables import GROUP_DIAL_STRING
 
 DIAL_STATUSES = frozenset({"ANSWER", "NOANSWER", "BUSY", "CANCEL", "CONGESTION", "CHANUNAVAIL"})
@@ -30,24 +32,22 @@ CDR_DISPOSITIONS = {"BUSY": "BUSY", "FAILED": "CHANUNAVAIL", "CONGESTION": "CONG
 MAX_EXTENSION_DIGITS = 8
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(Value):
     """``create``: fields of a new call; ``changes``: fields to update on an existing one;
     ``events``: keys of the events to emit, in order (:mod:`events`); ``answer_leg``: the
     leg of the answer routine to put into the Dial options (:mod:`dial_options`);
     ``arm_hangup``: the argument of a hangup handler to put on the hook's channel;
     ``note``: why nothing happens."""
 
-    create: Optional[Dict[str, Any]] = None
-    changes: Dict[str, Any] = field(default_factory=dict)
-    events: Tuple[str, ...] = ()
-    note: str = ""
-    answer_leg: str = ""
-    arm_hangup: str = ""
+    # create: Optional[Dict[str, Any]]; changes: Dict[str, Any]; events: Tuple[str, ...]
+    __slots__ = ("create", "changes", "events", "note", "answer_leg", "arm_hangup")
+    _defaults = {"create": None, "events": (), "note": "", "answer_leg": "", "arm_hangup": ""}
+    _factories = {"changes": dict}
 
 
 # A stage's plan: (the stored call or None, the facts read, the number format, now) -> Plan.
-PlanFn = Callable[[Optional[Mapping[str, Any]], Mapping[str, str], NumberFormat, float], Plan]
+if TYPE_CHECKING:  # a type alias, for type checkers only
+    PlanFn = Callable[[Optional[Mapping[str, Any]], Mapping[str, str], NumberFormat, float], Plan]
 
 
 def extension_of(text: str) -> str:

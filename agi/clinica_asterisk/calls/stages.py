@@ -21,20 +21,24 @@ against :data:`STAGES` (names and argument shapes).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import plans
 from .events import INCOMING, OUTGOING
 from .dial_options import dial_string_with_answer_routine, dial_targets, with_answer_routine
 from .phone import digits_of
+from ..values import Value
 from ..variables import (CALLID_VARIABLE, GROUP_DIAL_STRING, HANGUP_HANDLER, HANGUP_HANDLER_PUSH,
                          LINKEDID_VARIABLE)
 
-Values = Mapping[str, str]  # a channel variable's name or an expression -> its value ('' when unset)
-Args = Sequence[str]
-FactsFn = Callable[[Values, Args], Dict[str, str]]
-ReadsFn = Callable[[Values, Args], Tuple[str, ...]]
+if TYPE_CHECKING:  # type aliases, for type checkers only
+    Values = Mapping[str, str]  # a channel variable's name or an expression -> its value ('' when unset)
+    Args = Sequence[str]
+    FactsFn = Callable[[Values, Args], Dict[str, str]]
+    ReadsFn = Callable[[Values, Args], Tuple[str, ...]]
 
 # What a stage may write back to its channel (:func:`channel_writes`).
 CALL_ID = "call id"                # __CLINICA_CALLID, which every later leg inherits
@@ -43,32 +47,27 @@ HANGUP_ROUTINE = "hangup handler"  # [clinica-hangup] on the hook's channel
 WRITES = (CALL_ID, ANSWER_ROUTINE, HANGUP_ROUTINE)
 
 
-@dataclass(frozen=True)
-class Arg:
+class Arg(Value):
     """One argument the dialplan passes a stage; ``choices``: the only values it takes,
     when it is one of a few words."""
 
-    name: str
-    required: bool = True
-    choices: Tuple[str, ...] = ()
+    __slots__ = ("name", "required", "choices")  # str, bool, Tuple[str, ...]
+    _defaults = {"required": True, "choices": ()}
 
 
-@dataclass(frozen=True)
-class Reads:
+class Reads(Value):
     """Facts and what they are made of: the names read from the channel (variables, or
     expressions such as ``${CDR(billsec)}``) and the pure function turning their values
     (and the stage's arguments) into facts."""
 
-    names: Tuple[str, ...]
-    facts: FactsFn
+    __slots__ = ("names", "facts")  # Tuple[str, ...], FactsFn
 
 
 def _no_more(values: Values, args: Args) -> Tuple[str, ...]:
     return ()
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(Value):
     """One stage of a call.
 
     ``reads``: what its facts are made of; ``then_reads``: names to read once the first
@@ -79,14 +78,9 @@ class Stage:
     describe such a call when the stage's own facts do not (read with the rest, used only
     when the channel names no stored call)."""
 
-    name: str
-    args: Tuple[Arg, ...]
-    reads: Reads
-    plan: plans.PlanFn
-    writes: Tuple[str, ...] = ()
-    then_reads: ReadsFn = _no_more
-    new_call: bool = False
-    fallback: Optional[Reads] = None
+    # str, Tuple[Arg, ...], Reads, plans.PlanFn, Tuple[str, ...], ReadsFn, bool, Optional[Reads]
+    __slots__ = ("name", "args", "reads", "plan", "writes", "then_reads", "new_call", "fallback")
+    _defaults = {"writes": (), "then_reads": _no_more, "new_call": False, "fallback": None}
 
     def first_reads(self) -> Tuple[str, ...]:
         """Everything read in the first round trip: the facts', the fallback's, and the

@@ -18,39 +18,36 @@ from __future__ import annotations
 
 import json
 import re
-import logging
-import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Callable, Mapping, Optional, Tuple
 from urllib.parse import quote_plus
 
+from ..deadline import CUT_GRACE_S
+from ..logs import get_logger
 from ..redact import scrub, shown_url
+from ..values import Value
 
 if TYPE_CHECKING:  # the transport (http.client, ssl) loads with the first attempt: a hook
     from .transport import Cutoff, HttpAnswer  # that hands its events over never needs it
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
-# Time kept back from a hook's deadline for the last AGI command (the status variable).
-RESERVE_S = 0.1
 # A sender thread idle this long ends: a burst of calls leaves no crowd of threads behind.
 SENDER_IDLE_S = 60.0
-# How long after its limit a cut attempt may take to notice (the caller waits that more).
-CUT_GRACE_S = 1.0
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """What became of one attempt to POST an event."""
+class Attempt(Value):
+    """What became of one attempt to POST an event.  ``in_flight``: still under way when
+    its caller stopped waiting (the outcome comes later); ``tried``: False when not started
+    (no time left, too many under way)."""
 
-    ok: bool
-    detail: str
-    ms: int
-    in_flight: bool = False  # still under way when its caller stopped waiting: the outcome comes later
-    tried: bool = True  # False: not started (no time left, too many under way)
+    __slots__ = ("ok", "detail", "ms", "in_flight", "tried")  # bool, str, int, bool, bool
+    _defaults = {"in_flight": False, "tried": True}
 
 
 def encode_body(payload: Mapping[str, str], push_format: str) -> Tuple[bytes, str]:
@@ -112,6 +109,8 @@ class PushSender:
         self._lock = threading.Lock()
         self._quiet = threading.Condition(self._lock)
         self._in_flight = 0
+        import queue  # a hook that hands its events to the worker never makes a sender
+
         self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
         self._idle = 0  # sender threads waiting for a job, less the jobs already given to them
         self._closed = False
@@ -230,6 +229,8 @@ class PushSender:
                 if self._closed:
                     return
                 self._idle += 1
+            import queue
+
             try:
                 job = self._jobs.get(timeout=SENDER_IDLE_S)
             except queue.Empty:

@@ -10,19 +10,21 @@ only a crash in the middle of a POST can make it get one twice.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Sequence, Tuple
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Dict, Mapping, Optional, Sequence
+
+from ..deadline import LEASE_MARGIN_S
+from ..logs import get_logger
 from ..store.outbox import Outbox, OutboxEvent, lease_owner
+from ..values import Record
 from .sender import CUT_GRACE_S, Attempt, PushSender
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
-# A lease outlives the attempt it covers by this much (clock skew, slow commit).
-LEASE_MARGIN_S = 5.0
 
 # What became of an event's attempt (deliver_one).
 SENT, FAILED, IN_FLIGHT, NOT_TRIED = "sent", "failed", "in-flight", "not-tried"
@@ -52,18 +54,16 @@ def record_attempt(outbox: Outbox, event: OutboxEvent, owners: Sequence[str], at
     return outcome
 
 
-@dataclass
-class LateOutcome:
+class LateOutcome(Record):
     """Where the outcome of an attempt that outlived its caller goes: the outbox at
     ``db_path``, through a connection of its own (it is recorded from the thread, or the
     process, that ran the attempt)."""
 
-    db_path: str
-    event: OutboxEvent
-    owners: Tuple[str, ...]
-    max_backoff_s: float
-    # The caller's outbox: only for handed_to(), on the caller's thread.
-    outbox: Optional[Outbox] = field(default=None, repr=False, compare=False)
+    # str, OutboxEvent, Tuple[str, ...], float, and the caller's outbox (Optional[Outbox]):
+    # only for handed_to(), on the caller's thread.
+    __slots__ = ("db_path", "event", "owners", "max_backoff_s", "outbox")
+    _defaults = {"outbox": None}
+    _hidden = _uncompared = frozenset({"outbox"})
 
     def __call__(self, attempt: Attempt) -> None:
         _LATE.record(self, attempt)
@@ -150,14 +150,11 @@ def deliver_one(outbox: Outbox, sender: PushSender, event: OutboxEvent, limit_s:
     return record_attempt(outbox, event, late.owners, attempt, max_backoff_s)
 
 
-@dataclass
-class DeliverStats:
+class DeliverStats(Record):
     """What a delivery pass did, and what still waits."""
 
-    sent: int = 0
-    failed: int = 0
-    waiting: int = 0
-    oldest_created_at: Optional[float] = None
+    __slots__ = ("sent", "failed", "waiting", "oldest_created_at")  # int, int, int, Optional[float]
+    _defaults = {"sent": 0, "failed": 0, "waiting": 0, "oldest_created_at": None}
 
 
 def deliver_pass(outbox: Outbox, sender: PushSender, timeout_s: float, max_backoff_s: float,

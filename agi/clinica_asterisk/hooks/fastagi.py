@@ -40,7 +40,6 @@ import select
 import socket
 import threading
 import time
-from dataclasses import replace
 from typing import Callable, Dict, Optional, Tuple
 
 from ..agi.request import EnvBlockError
@@ -415,7 +414,7 @@ class FastAgiServer:
         if settings.fastagi_bind != old.fastagi_bind and self.requested_bind == old.fastagi_bind:
             log.warning("CLINICA_FASTAGI_BIND changed to %s:%d; restart the service to listen there",
                         *settings.fastagi_bind)
-            settings = replace(settings, fastagi_bind=old.fastagi_bind)
+            settings = settings.replace(fastagi_bind=old.fastagi_bind)
         if (settings.crm_push_url, settings.push_format) != (old.crm_push_url, old.push_format):
             self.sender, retired = _sender(settings), self.sender
             retired.close()

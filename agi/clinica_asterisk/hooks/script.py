@@ -85,9 +85,11 @@ def main() -> int:
         if settings is None:
             logs.configure("INFO")
             raise SetupFailed(f"configuration: {error}")
-        # A plain file handler: this process lives a moment (logrotate's move is harmless).
-        logs.configure(settings.log_level, settings.log_file,
-                       default_file=os.path.join(settings.data_dir, "clinica-agi.log"), watched=False)
+        # A plain file, not watched: this process lives a moment (logrotate's move is
+        # harmless).  Its line is written without the logging package (logs.configure_direct).
+        log_file = settings.log_file
+        default_log = os.path.join(settings.data_dir, "clinica-agi.log")
+        logs.configure_direct(settings.log_level, log_file, default_file=default_log)
 
         from ..delivery.wakeup import WorkerLink, socket_path
         from .stages import HookServices
@@ -100,6 +102,9 @@ def main() -> int:
             services = HookServices.open(settings, sender=link)
             services.hands_off = True
             return services
+
+        # Sending itself, the hook loads an HTTP client, whose library may log: logging proper.
+        logs.configure(settings.log_level, log_file, default_file=default_log, watched=False)
 
         from ..delivery.transport import HttpTransport as OneShotTransport  # the one transport (name kept for hooks/)
         from ..delivery.handoff import ForkingSender

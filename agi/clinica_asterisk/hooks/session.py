@@ -10,7 +10,9 @@ down: the channel gets the hook's, and :func:`.stages.finish` its own short grac
 
 from __future__ import annotations
 
-from typing import Callable
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Callable
 
 from ..agi.channel import AgiChannel, ChannelClosed, LineStream
 from ..agi.request import EnvBlockError

@@ -18,28 +18,33 @@ all the hooks that reach theirs together.
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence
+from collections import namedtuple
 
-from asterisk.agi import AGIException
-
+from ..agi.reply import agi_error
 from ..agi.request import AgiRequest, EnvBlockError
 from ..agi.channel import ChannelClosed
 from ..calls.numbers import NumberFormat
 from ..calls.stages import STAGES, Stage, channel_writes
 from ..config import Settings
-from ..deadline import Deadline, DeadlineExceeded
-from ..delivery.sender import CUT_GRACE_S, RESERVE_S, PushSender
-from ..delivery.worker import LEASE_MARGIN_S, send_leased_events
+from ..deadline import CUT_GRACE_S, LEASE_MARGIN_S, RESERVE_S, Deadline, DeadlineExceeded
 from ..calls.events import build_payload, wanted_events
-from ..store.outbox import Outbox, OutboxEvent, lease_owner
+from ..store.outbox import Outbox, lease_owner
 from ..store.database import Store, StoreError, call_id_from_text
+from ..logs import INFO, WARNING, get_logger
+from ..values import Record
 from ..variables import CALLID_VARIABLE, STATUS_VARIABLE
 
-log = logging.getLogger("clinica_asterisk.hook")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Optional, Protocol, Sequence
+
+    from ..delivery.sender import PushSender  # a hook that hands its events over never loads it
+else:
+    Protocol = object  # Channel is documentation at run time
+
+log = get_logger("clinica_asterisk.hook")
 
 SENT, QUEUED, SKIPPED, FAILED, NOTFOUND = "SENT", "QUEUED", "SKIPPED", "FAILED", "NOTFOUND"
 
@@ -57,45 +62,47 @@ class Channel(Protocol):
     def within(self, deadline: Deadline) -> "Channel": ...
 
 
-@dataclass
-class HookServices:
-    """What a hook needs besides its channel; one per process or per worker thread."""
+class HookServices(Record):
+    """What a hook needs besides its channel; one per process or per worker thread.
 
-    settings: Settings
-    store: Store
-    sender: PushSender
-    pbx: str = ""
-    clock: Callable[[], float] = time.time
-    # The delivery worker sends the events (script mode, delivery.wakeup): the hook stores
-    # them, leases and sends nothing, and reports QUEUED.
-    hands_off: bool = False
-    outbox: Outbox = field(init=False)
-    fmt: NumberFormat = field(init=False)
+    ``hands_off``: the delivery worker sends the events (script mode, delivery.wakeup):
+    the hook stores them, leases and sends nothing, and reports QUEUED."""
 
-    def __post_init__(self):
-        self.outbox = Outbox(self.store)
-        s = self.settings
-        self.fmt = NumberFormat(s.number_format, s.country_code, s.trunk_prefix)
-        self.pbx = self.pbx or s.pbx_id or socket.gethostname()
+    __slots__ = ("settings", "store", "sender", "pbx", "clock", "hands_off", "outbox", "fmt")
+
+    def __init__(self, settings: Settings, store: Store, sender: PushSender, pbx: str = "",
+                 clock: Callable[[], float] = time.time, hands_off: bool = False):
+        self.settings, self.store, self.sender, self.clock, self.hands_off = settings, store, sender, clock, hands_off
+        self.outbox = Outbox(store)
+        self.fmt = NumberFormat(settings.number_format, settings.country_code, settings.trunk_prefix)
+        self.pbx = pbx or settings.pbx_id or socket.gethostname()
+
+    def replace(self, **changes) -> "HookServices":
+        values = {"settings": self.settings, "store": self.store, "sender": self.sender, "pbx": self.pbx,
+                  "clock": self.clock, "hands_off": self.hands_off}
+        values.update(changes)
+        return HookServices(**values)
 
     @classmethod
     def open(cls, settings: Settings, sender: Optional[PushSender] = None, pbx: str = "",
              transport=None) -> "HookServices":
         store = Store(settings.store_location, busy_timeout_s=settings.hook_deadline_s,
                       spool_path=settings.spool_path, spool_on_failure=True)
-        sender = sender or PushSender(settings.crm_push_url, settings.push_format, transport)
+        if not sender:
+            from ..delivery.sender import PushSender
+
+            sender = PushSender(settings.crm_push_url, settings.push_format, transport)
         return cls(settings, store, sender, pbx)
 
 
-@dataclass
-class HookResult:
-    stage: str
-    status: str
-    call_id: Optional[int] = None
-    detail: str = ""
-    ms: int = 0
-    leased: List[OutboxEvent] = field(default_factory=list)  # the call's events, ours to send
-    leased_all: bool = False  # no event of the call waits on another sender
+class HookResult(Record):
+    """``leased``: the call's events, ours to send; ``leased_all``: no event of the call
+    waits on another sender."""
+
+    # str, str, Optional[int], str, int, List[OutboxEvent], bool
+    __slots__ = ("stage", "status", "call_id", "detail", "ms", "leased", "leased_all")
+    _defaults = {"call_id": None, "detail": "", "ms": 0, "leased_all": False}
+    _factories = {"leased": list}
 
 
 # --- what a hook asks of the outside world ----------------------------------------------------
@@ -104,37 +111,24 @@ class HookResult:
 # driver: :func:`drive` over a blocking :class:`Channel` (script mode, tests), and the
 # FastAGI event loop (:mod:`.fastagi_loop`), which runs many hooks at once on one thread.
 
-class Read(NamedTuple):
-    """Channel variables and expressions; answered with a dict (Channel.read)."""
-    names: Sequence[str]
+# (collections.namedtuple, as typing.NamedTuple makes them, without importing typing.)
+Read = namedtuple("Read", ["names"])
+Read.__doc__ = """Channel variables and expressions; answered with a dict (Channel.read)."""
 
+Set = namedtuple("Set", ["name", "value", "within"], defaults=(None,))
+Set.__doc__ = """SET VARIABLE (Channel.set); ``within``: another deadline for this command."""
 
-class Set(NamedTuple):
-    """SET VARIABLE (Channel.set); ``within``: another deadline for this command."""
-    name: str
-    value: object
-    within: Optional[Deadline] = None
+Say = namedtuple("Say", ["message", "within"], defaults=(None,))
+Say.__doc__ = """A VERBOSE line (Channel.say)."""
 
+Write = namedtuple("Write", ["work"])
+Write.__doc__ = """``work()`` writes to the store, opening its own ``Store.transaction()``; answered with
+what it returns.  A driver may run several hooks' writes in one commit (the event
+loop's group commit); each hook is answered only after that commit."""
 
-class Say(NamedTuple):
-    """A VERBOSE line (Channel.say)."""
-    message: str
-    within: Optional[Deadline] = None
-
-
-class Write(NamedTuple):
-    """``work()`` writes to the store, opening its own ``Store.transaction()``; answered with
-    what it returns.  A driver may run several hooks' writes in one commit (the event
-    loop's group commit); each hook is answered only after that commit."""
-    work: Callable[[], object]
-
-
-class Send(NamedTuple):
-    """Send the leased events in order, waiting until ``until_monotonic`` at most (see
-    :func:`..delivery.worker.send_leased_events`); answered True when all were delivered."""
-    events: Sequence[OutboxEvent]
-    until_monotonic: float
-    attempt_s: float
+Send = namedtuple("Send", ["events", "until_monotonic", "attempt_s"])
+Send.__doc__ = """Send the leased events in order, waiting until ``until_monotonic`` at most (see
+:func:`..delivery.worker.send_leased_events`); answered True when all were delivered."""
 
 
 def drive(steps, channel: Channel, services: Optional[HookServices] = None):
@@ -163,6 +157,10 @@ def _do(step, channel: Channel, services: Optional[HookServices]):
     if kind is Write:
         return step.work()
     if kind is Send:
+        if not step.events:  # nothing leased (a hook that hands its events over): all sent there is
+            return True
+        from ..delivery.worker import send_leased_events
+
         return send_leased_events(services.outbox, services.sender, step.events, step.until_monotonic,
                                   services.settings.deliver_max_backoff_s, step.attempt_s)
     raise TypeError(f"not a hook step: {step!r}")
@@ -204,14 +202,11 @@ def _find_call(services: HookServices, known: Optional[int], stage: Stage, facts
     return None, False
 
 
-@dataclass
-class _Stored:
-    plan: object
-    call_id: Optional[int] = None
-    queued: int = 0
-    leased: List[OutboxEvent] = field(default_factory=list)
-    leased_all: bool = False
-    found_by_linkedid: bool = False
+class _Stored(Record):
+    # object, Optional[int], int, List[OutboxEvent], bool, bool
+    __slots__ = ("plan", "call_id", "queued", "leased", "leased_all", "found_by_linkedid")
+    _defaults = {"call_id": None, "queued": 0, "leased_all": False, "found_by_linkedid": False}
+    _factories = {"leased": list}
 
 
 def _store_stage(services: HookServices, stage: Stage, known: Optional[int], facts: Dict[str, str],
@@ -294,7 +289,7 @@ def hook_steps(request: AgiRequest, services: HookServices, deadline: Deadline):
         result.status = QUEUED if result.call_id else FAILED
     except StoreError as exc:
         result.detail = str(exc)
-    except (AGIException, ChannelClosed, EnvBlockError, OSError) as exc:
+    except (agi_error(), ChannelClosed, EnvBlockError, OSError) as exc:
         result.detail = f"AGI: {type(exc).__name__}: {exc}"
     except Exception as exc:  # a bug must cost a log line, never the call
         log.exception("hook %s failed", stage)
@@ -311,7 +306,7 @@ def run_hook(request: AgiRequest, channel: Channel, services: HookServices, dead
 
 def finish_steps(deadline: Deadline, result: HookResult):
     """Tell the dialplan (CLINICA_STATUS) and the log how the hook went."""
-    level = logging.INFO if result.status in (SENT, QUEUED, SKIPPED) else logging.WARNING
+    level = INFO if result.status in (SENT, QUEUED, SKIPPED) else WARNING
     log.log(level, "hook call=%s stage=%s outcome=%s ms=%d%s", result.call_id or "-", result.stage,
             result.status, result.ms, f" detail={result.detail!r}" if result.detail else "")
     # The last command gets a short grace of its own, so a hook that used its whole

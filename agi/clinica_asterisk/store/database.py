@@ -35,7 +35,10 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from .engine import (GAVE_UP, MysqlConnection, StoreBusy, StoreError, StoreUnreachable, StoreUrlError,
                      is_mysql_url, node_number, resolve)

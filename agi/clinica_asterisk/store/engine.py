@@ -23,7 +23,10 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 from ..config import (StoreUrl, StoreUrlError, is_mysql_url, known_store_password, parse_store_url,
                       remember_store_password)

@@ -39,8 +39,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..values import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
+if TYPE_CHECKING:
+    from typing import List, Mapping, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # the store imports this module for the outbox's schema
     from .database import Store
@@ -110,15 +114,9 @@ def owner_is_gone(owner: Optional[str]) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class OutboxEvent:
-    id: int
-    call_id: int
-    request_type: str
-    payload: Dict[str, str]
-    attempts: int
-    lease_owner: Optional[str]
-    lease_until: Optional[float]
+class OutboxEvent(Value):
+    # int, int, str, Dict[str, str], int, Optional[str], Optional[float]
+    __slots__ = ("id", "call_id", "request_type", "payload", "attempts", "lease_owner", "lease_until")
 
     @classmethod
     def from_row(cls, row) -> "OutboxEvent":
@@ -278,7 +276,7 @@ class Outbox:
             marks = ",".join("?" * len(taken))
             self.conn.execute(f"UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})",
                               (owner, until, *(e.id for e in taken)))
-        return [replace(e, lease_owner=owner, lease_until=until) for e in taken], len(taken) == len(pending)
+        return [e.replace(lease_owner=owner, lease_until=until) for e in taken], len(taken) == len(pending)
 
     def release(self, event_ids: Sequence[int], owner: str) -> None:
         """Give back leases not used (the hook ran out of time, or an earlier event failed)."""
