@@ -56,7 +56,8 @@ from ..delivery.worker import record_attempt
 from ..store.database import Store, StoreError
 from ..store.outbox import lease_owner
 from .fastagi import FastAgiServer, _no_delay, log, max_session_s
-from .stages import FAILED, HookResult, HookServices, Read, Say, Send, Set, Write, finish_steps, hook_steps
+from .session import session_steps
+from .stages import HookServices, Read, Say, Send, Set, Write
 
 # Kept-alive connections to the CRM, at most (each push takes one while it waits).
 MAX_CRM_CONNECTIONS = 32
@@ -386,11 +387,8 @@ class LoopFastAgiServer(FastAgiServer):
         session.deadline = deadline = Deadline(settings.deadline_for(stage), clock=self._clock)
         session.state = _WAIT
         session.token += 1
-        try:
-            services = session.services = self._services_for(settings, settings.pbx_id or session.client)
-            session.steps = hook_steps(request, services, deadline)
-        except StoreError as exc:
-            session.steps = finish_steps(deadline, HookResult(stage or "?", FAILED, detail=str(exc)))
+        session.services, session.steps = session_steps(
+            request, deadline, lambda: self._services_for(settings, settings.pbx_id or session.client))
         self._advance(session)
 
     def _services_for(self, settings: Settings, pbx: str) -> HookServices:

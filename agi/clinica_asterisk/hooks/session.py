@@ -1,6 +1,10 @@
 """One AGI session, start to end, the same in script mode (:mod:`.script`) and FastAGI mode
-(:mod:`.fastagi`): read the env block, give the hook its stage's deadline, run the hook,
-finish with ``CLINICA_STATUS``.
+(:mod:`.fastagi`, :mod:`.fastagi_loop`): read the env block, give the hook its stage's
+deadline, run the hook, finish with ``CLINICA_STATUS``.
+
+:func:`session_steps` is the session once its env block is read, as steps
+(:mod:`.stages`): :func:`run_session` runs them on a blocking channel, the event loop runs
+many sessions' steps at once (it reads the env block without blocking, with the same parser).
 
 What differs between the two modes is passed in: the deadline of the env block, how a
 stage's deadline is counted (from the process's start in script mode, from the env block in
@@ -15,10 +19,10 @@ if TYPE_CHECKING:
     from typing import Callable
 
 from ..agi.channel import AgiChannel, ChannelClosed, LineStream
-from ..agi.request import EnvBlockError
+from ..agi.request import AgiRequest, EnvBlockError
 from ..deadline import Deadline, DeadlineExceeded
 from ..store.database import StoreError
-from .stages import FAILED, HookResult, HookServices, finish, run_hook
+from .stages import FAILED, HookResult, HookServices, drive, finish_steps, hook_steps
 
 
 class NoSession(Exception):
@@ -40,13 +44,22 @@ def run_session(stream: LineStream, read_by: Deadline, deadline_for: Callable[[s
         request = stream.read_request(read_by)
     except (DeadlineExceeded, EnvBlockError, ChannelClosed, OSError) as exc:
         raise NoSession(str(exc)) from exc
-    stage = request.stage_and_args[0]
-    deadline = deadline_for(stage)
-    channel = AgiChannel(stream, deadline)
+    deadline = deadline_for(request.stage_and_args[0])
+    services, steps = session_steps(request, deadline, open_services)
+    return drive(steps, AgiChannel(stream, deadline), services)
+
+
+def session_steps(request: AgiRequest, deadline: Deadline, open_services: Callable[[], HookServices]):
+    """``(services, steps)`` of the session ``request`` opens: its hook's steps, or, when
+    ``open_services()`` fails (:class:`SetupFailed`, ``StoreError``), only the report of that
+    failure (services None).  The steps return the :class:`HookResult`."""
     try:
         services = open_services()
     except (SetupFailed, StoreError) as exc:
-        result = HookResult(stage or "?", FAILED, detail=str(exc))
-        finish(channel, deadline, result)
-        return result
-    return run_hook(request, channel, services, deadline)
+        return None, _failed(deadline, HookResult(request.stage_and_args[0] or "?", FAILED, detail=str(exc)))
+    return services, hook_steps(request, services, deadline)
+
+
+def _failed(deadline: Deadline, result: HookResult):
+    yield from finish_steps(deadline, result)
+    return result
