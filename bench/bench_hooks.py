@@ -440,9 +440,12 @@ HEADER = (f"  {'':<30} {'sessions/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'refused':
 
 async def run(args, workdir: str) -> None:
     calls = Calls()
-    crm = CrmStub()
+    crm = None if args.drain_only else CrmStub()
     print(f"clinica-asterisk hook benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"{args.seconds:g} s per FastAGI cell; hook deadline {HOOK_DEADLINE_MS} ms; pool {POOL}, backlog {BACKLOG}")
+    if args.drain_only:
+        await outbox_drain(args, workdir, calls)
+        return
     if args.script_only:
         try:
             await script_mode(args, workdir, crm, calls)
@@ -629,6 +632,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each FastAGI cell")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--script-only", action="store_true", help="script mode only (about 30 s)")
+    parser.add_argument("--drain-only", action="store_true", help="the outbox drain only (about 3 s)")
     parser.add_argument("--baseline-server", metavar="CRM_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:

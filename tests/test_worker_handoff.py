@@ -184,7 +184,7 @@ def test_the_environment_still_wins_over_a_cached_file(env_file, monkeypatch):
 # ring, answer and hang-up milliseconds of start-up (issue 13).  Checked in the hook's own
 # process, after a whole hook, so that a lazy import on its path counts too.
 HEAVY_MODULES = ("http.client", "ssl", "email", "urllib.request", "requests", "logging", "typing",
-                 "dataclasses", "inspect", "asterisk.agi", "queue", "dotenv")
+                 "dataclasses", "inspect", "asterisk.agi", "queue", "dotenv", "threading", "socket", "selectors")
 PROBE = ("import sys\n"
          "from clinica_asterisk.hooks.script import main\n"
          "status = main()\n"

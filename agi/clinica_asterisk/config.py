@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import threading
+import _thread  # threading.Lock is _thread.allocate_lock; threading costs every hook start-up
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from .values import Value
@@ -192,7 +192,7 @@ def parse_store_url(url: str) -> StoreUrl:
 # Passwords of the shared stores this process was configured with, by location (the URL
 # without its password): a store opened by its location finds its password here.
 _STORE_PASSWORDS: Dict[str, str] = {}
-_STORE_PASSWORDS_GUARD = threading.Lock()
+_STORE_PASSWORDS_GUARD = _thread.allocate_lock()
 
 
 def remember_store_password(target: "StoreUrl") -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import select
-import socket
+import _socket  # what socket.socket wraps; socket.py (enum, selectors) costs every hook start-up
 
 SOCKET_NAME = "worker.sock"
 # A datagram is a call id in ASCII digits; the worker reads this many at most per wake.
@@ -34,14 +34,14 @@ def socket_path(data_dir: str) -> str:
 class WorkerLink:
     """The hook's side: a datagram socket connected to a listening worker."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: "_socket.socket"):
         self._sock = sock
 
     @classmethod
     def connect(cls, path: str):
         """A link to the worker listening at ``path``, or None when none listens (no such
         file, nobody bound to it, not allowed, or a path too long for a socket)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.connect(path)
@@ -67,18 +67,18 @@ class WakeupListener:
     """The worker's side: bound to the socket path while it runs.  Only one worker
     listens per data directory; a second one finds the path taken and only polls."""
 
-    def __init__(self, sock: socket.socket, path: str):
+    def __init__(self, sock: "_socket.socket", path: str):
         self._sock = sock
         self.path = path
         self._inode = os.stat(path).st_ino
-        self._wake_self = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._wake_self = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
 
     @classmethod
     def bind(cls, path: str):
         """Listen at ``path`` (a stale socket file of a dead worker is replaced), or None
         when another worker listens there or the path cannot be bound."""
         for _ in range(2):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
             old_umask = os.umask(0o177)  # the socket: 0600, for the hooks' user (the worker's)
             try:
                 sock.bind(path)

@@ -18,7 +18,7 @@ all the hooks that reach theirs together.
 
 from __future__ import annotations
 
-import socket
+import _socket  # socket.gethostname is _socket.gethostname; socket.py costs every hook start-up
 import time
 from collections import namedtuple
 
@@ -75,7 +75,7 @@ class HookServices(Record):
         self.settings, self.store, self.sender, self.clock, self.hands_off = settings, store, sender, clock, hands_off
         self.outbox = Outbox(store)
         self.fmt = NumberFormat(settings.number_format, settings.country_code, settings.trunk_prefix)
-        self.pbx = pbx or settings.pbx_id or socket.gethostname()
+        self.pbx = pbx or settings.pbx_id or _socket.gethostname()
 
     def replace(self, **changes) -> "HookServices":
         values = {"settings": self.settings, "store": self.store, "sender": self.sender, "pbx": self.pbx,

@@ -30,9 +30,9 @@ from __future__ import annotations
 import collections
 import json
 import os
-import socket
+import _socket  # socket.gethostname is _socket.gethostname; socket.py costs every hook start-up
 import sqlite3
-import threading
+import _thread  # threading.Lock is _thread.allocate_lock, get_ident the same
 import time
 from contextlib import contextmanager
 
@@ -252,13 +252,13 @@ class FairLock:
     waits for many others that came after it (the tail of the hooks' hold time)."""
 
     def __init__(self):
-        self._mutex = threading.Lock()
-        self._waiters: "collections.deque[threading.Lock]" = collections.deque()
+        self._mutex = _thread.allocate_lock()
+        self._waiters: "collections.deque[_thread.LockType]" = collections.deque()
         self._owner: Optional[int] = None
         self._depth = 0
 
     def acquire(self, timeout: float = -1) -> bool:
-        me = threading.get_ident()
+        me = _thread.get_ident()
         with self._mutex:
             if self._owner == me:
                 self._depth += 1
@@ -266,7 +266,7 @@ class FairLock:
             if self._owner is None and not self._waiters:
                 self._owner, self._depth = me, 1
                 return True
-            turn = threading.Lock()
+            turn = _thread.allocate_lock()
             turn.acquire()
             self._waiters.append(turn)
         if turn.acquire(timeout=timeout):
@@ -294,7 +294,7 @@ class FairLock:
 
 
 _WRITE_LOCKS: Dict[str, FairLock] = {}
-_WRITE_LOCKS_GUARD = threading.Lock()
+_WRITE_LOCKS_GUARD = _thread.allocate_lock()
 _WRITE_LOCKS_BY_NAME: Dict[str, FairLock] = {}
 
 
@@ -573,7 +573,7 @@ class Store:
     def _next_spool_id(self) -> int:
         if not self.conn.execute("UPDATE spool_ids SET last = last + 1").rowcount:
             self.conn.execute("INSERT INTO spool_ids (node, last) VALUES (?, 1)",
-                              (node_number(socket.gethostname()),))
+                              (node_number(_socket.gethostname()),))
         (node, last) = self.conn.execute("SELECT node, last FROM spool_ids").fetchone()
         return (node << SPOOL_ID_BITS) + last
 

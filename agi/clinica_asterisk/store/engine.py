@@ -20,7 +20,7 @@ pays for it.
 
 from __future__ import annotations
 
-import threading
+import _thread  # threading.Lock is _thread.allocate_lock; threading costs every hook start-up
 import time
 import zlib
 
@@ -346,7 +346,7 @@ class GaveUpConnecting:
     def __init__(self, quiet_s: float = 1.0):
         self.quiet_s = quiet_s
         self._failed: Dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def recently(self, location: str) -> bool:
         with self._lock:

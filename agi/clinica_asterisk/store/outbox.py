@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import _socket  # socket.gethostname is _socket.gethostname; socket.py costs every hook start-up
 
 from ..values import Value
 
@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 """
 
-HOST = socket.gethostname()
+HOST = _socket.gethostname()
 # Delivered events are kept this long (for `doctor` and for de-duplication), then purged.
 KEEP_DELIVERED_S = 7 * 86400
 
