@@ -275,8 +275,7 @@ class Cell:
         return len(self.holds) / self.seconds if self.seconds else 0.0
 
     def pct(self, p: float) -> float:
-        ordered = sorted(self.holds)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000 if ordered else 0.0
+        return hooks.percentile_ms(self.holds, p)
 
     def per_session_us(self, who: str) -> float:
         return self.cpu[who] / len(self.holds) * 1e6 if self.holds else 0.0

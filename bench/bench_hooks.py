@@ -324,6 +324,12 @@ async def bare_python() -> str:
     return "OK" if await proc.wait() == 0 else "FAILED"
 
 
+def percentile_ms(holds, p: float) -> float:
+    """The ``p``-th percentile of hold times in seconds, in milliseconds (0 with none)."""
+    ordered = sorted(holds)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000 if ordered else 0.0
+
+
 @dataclass
 class Cell:
     holds: List[float] = field(default_factory=list)
@@ -341,8 +347,7 @@ class Cell:
         return len(self.holds) / self.seconds if self.seconds else 0.0
 
     def pct(self, p: float) -> float:
-        ordered = sorted(self.holds)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000 if ordered else 0.0
+        return percentile_ms(self.holds, p)
 
     def bad(self, ok=("SENT", "OK")) -> Tuple[int, int, int]:
         """Sessions refused, queued (the hook's deadline came first) and failed otherwise."""

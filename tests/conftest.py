@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 
 import pytest
@@ -8,6 +9,15 @@ from clinica_asterisk.devtools.crm_sink import CrmSink
 sys.path.insert(0, os.path.dirname(__file__))
 
 from support.settings import make_settings  # noqa: E402,F401  (fixtures below use it)
+
+
+@pytest.fixture
+def pair():
+    """A connected socket pair: Asterisk's end and the hook's end of an AGI session."""
+    asterisk, script = socket.socketpair()
+    yield asterisk, script
+    asterisk.close()
+    script.close()
 
 
 @pytest.fixture

@@ -22,14 +22,6 @@ def test_quoted_argument_reads_back_as_one_argument(value, parsed):
     assert split_command(f"SET VARIABLE X {quote_argument(value)}") == ["SET", "VARIABLE", "X", parsed]
 
 
-@pytest.fixture
-def pair():
-    asterisk, script = socket.socketpair()
-    yield asterisk, script
-    asterisk.close()
-    script.close()
-
-
 def channel_on(sock, seconds=5.0):
     stream = LineStream(sock.fileno(), sock.fileno())
     return AgiChannel(stream, Deadline(seconds))

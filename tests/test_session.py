@@ -12,14 +12,6 @@ from clinica_asterisk.deadline import Deadline
 from clinica_asterisk.hooks.session import NoSession, SetupFailed, run_session
 
 
-@pytest.fixture
-def pair():
-    asterisk, script = socket.socketpair()
-    yield asterisk, script
-    asterisk.close()
-    script.close()
-
-
 def test_a_session_whose_services_cannot_be_set_up_still_reports_failed(pair):
     asterisk, script = pair
     call = FakeCall()
