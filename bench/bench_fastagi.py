@@ -7,8 +7,8 @@ what each one holds the call, with a load generator that is not the bottleneck.
 
 Each session is the recorded ``ring-in`` of a call answered by 801, with fresh ids (a new
 call every time): the env block, then an answer to each command, as Asterisk answers.  The
-hook stores the call and pushes ``receivedTheCall`` to a CRM stand-in (a ``CrmSink`` in a
-process of its own).  Hold: from connecting until the server closes the session.
+hook stores the call and pushes ``receivedTheCall`` to a CRM stand-in (``bench_hooks``'
+lean one, which answers 200 at once, in a process of its own).  Hold: from connecting until the server closes the session.
 
 The load generator (this process) is a ``selectors`` loop over non-blocking sockets; every
 session's env block and answers are prepared before the clock starts (each command's

@@ -196,6 +196,9 @@ class _ArmsCutoff:
 
     def connect(self):
         super().connect()
+        # Headers and body go out as two writes: without this, on a kept-alive connection
+        # the body could wait for the CRM's delayed acknowledgement of the headers.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.cutoff is not None:
             self.cutoff.arm(self.sock)
 
