@@ -110,3 +110,14 @@ def test_script_without_asterisk_on_stdin_exits_quietly(tmp_path, crm):
     assert done.returncode == 0
     assert done.stdout == b""
     assert b"no AGI session" in done.stderr
+
+
+def test_a_script_hook_closes_its_store_before_it_exits(crm, tmp_path):
+    # The hook's process leaves its objects to the exit, not to the collector
+    # (hooks.script.main), so it closes its store itself: as the last connection it
+    # checkpoints the WAL and removes it, as any orderly close does.
+    ring_in = recorded_calls()[0][0]
+    conv = run_script(SCRIPT, FakeCall(), ring_in.with_args(args_of(ring_in)), script_env(tmp_path, crm.url))
+    assert conv.returncode == 0
+    assert (tmp_path / "data" / "clinica.sqlite3").exists()
+    assert not (tmp_path / "data" / "clinica.sqlite3-wal").exists()

@@ -8,11 +8,12 @@ what is allowed, so a typo stops start-up instead of silently changing behaviour
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import _thread  # threading.Lock is _thread.allocate_lock; threading costs every hook start-up
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+# (urllib.parse and ipaddress are imported where they are used: they cost a hook more than
+# this whole module, and a hook whose settings come validated from the cache beside the env
+# file needs neither.)
 
 from .values import Value
 
@@ -21,11 +22,13 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Mapping, Optional, Tuple
 
 SYSTEM_ENV_FILE = "/etc/clinica-asterisk/.env"
+# Patterns, compiled by re (and kept in its cache) at their first use: a hook whose
+# settings come from the cache beside the env file never needs them.
 # C0 controls and DEL, but tab, CR and LF (which an env file is made of).
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 # In a value, which is one line, none at all.
-_CONTROL_IN_VALUE = re.compile("[\x00-\x1f\x7f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL_IN_VALUE = "[\x00-\x1f\x7f]"
+_SURROGATE = "[\ud800-\udfff]"
 
 DEFAULTS: Dict[str, str] = {
     # Push events (PBX -> CRM)
@@ -120,6 +123,8 @@ class StoreUrl(Value):
     def location(self) -> str:
         """The URL without its password: what the store is known by in this program (in
         logs, ``doctor``, and to the processes that record an attempt's outcome)."""
+        from urllib.parse import quote
+
         query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in self.options)
         return (f"mysql://{quote(self.user, safe='')}@{self.host}:{self.port}/{self.database}"
                 + (f"?{query}" if query else ""))
@@ -164,6 +169,8 @@ def is_mysql_url(location: str) -> bool:
 def parse_store_url(url: str) -> StoreUrl:
     """``mysql://user:password@host[:port]/database[?options]``.  Pure; the error names
     what is wrong, never the URL (it holds a password)."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -287,7 +294,7 @@ def env_file_text(path: str, raw: bytes) -> str:
         line = raw[:exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}: line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
                           "save the file as UTF-8") from None
-    bad = _CONTROL.search(text)
+    bad = re.search(_CONTROL, text)
     if bad:
         line = text[:bad.start()].count("\n") + 1
         raise ConfigError(f"{path}: line {line} holds a control character (U+{ord(bad.group()):04X})")
@@ -310,13 +317,24 @@ def read_env_file(path: str) -> Dict[str, str]:
     return {k: v for k, v in values.items() if k.startswith("CLINICA_") and v is not None}
 
 
-# --- the parse cache: what python-dotenv made of the env file, for the AGI script ------------
-# Loading python-dotenv and parsing costs each hook process about as much as Python's own
-# start-up; the file changes rarely.  So every load leaves the parsed values (the output
-# of read_env_file, not yet layered under the environment nor validated: that is done
-# every time) in ``<env file>.parsed`` beside it, 0600, valid while the file is the same
-# (device, inode, size, modification and change times).  A cache that cannot be read,
-# belongs to another user, is readable by others or names another file state is ignored.
+# --- the cache beside the env file, for the AGI script ----------------------------------------
+# Every hook process loads the settings, and the inputs change rarely.  Parsing the file
+# takes python-dotenv, validating the values urllib.parse and ipaddress: together about as
+# much as Python's own start-up.  So every load leaves in ``<env file>.parsed`` beside the
+# file, 0600 (it holds what the file holds, secrets too):
+#
+# * what python-dotenv made of the file (the output of read_env_file), valid while the file
+#   is the same (device, inode, size, modification and change times);
+# * the settings validated from it, valid while the rest of their inputs are the same
+#   too: the CLINICA_* environment, the env file's name, the working directory (relative
+#   paths) and this module's own file (another version may validate otherwise).  Values
+#   that the environment gives are kept there as well, so settings are not kept when the
+#   environment gives a secret (:data:`ENV_SECRETS`): a secret handed over that way stays
+#   out of files.  Settings that are not valid are never kept: they are validated, and
+#   refused, on every load.
+#
+# A cache that cannot be read, belongs to another user, is readable by others, is not
+# what this module writes or was made for other inputs is ignored (and replaced).
 
 def parse_cache_path(path: str) -> str:
     return os.path.abspath(path) + ".parsed"
@@ -326,7 +344,9 @@ def _file_state(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def _read_parse_cache(cache: str, state: str) -> Optional[Dict[str, str]]:
+def _read_cache(cache: str, state: str) -> Optional[Dict[str, Any]]:
+    """The cache of the env file in ``state``: ``values`` (a str -> str dict) and maybe
+    ``settings``; None if there is none that may be trusted."""
     import json
 
     try:
@@ -335,25 +355,27 @@ def _read_parse_cache(cache: str, state: str) -> Optional[Dict[str, str]]:
         return None
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or st.st_size > MAX_ENV_FILE_BYTES * 2:
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or st.st_size > MAX_ENV_FILE_BYTES * 4:
             return None
         data = json.loads(os.read(fd, st.st_size + 1).decode("utf-8"))
     except (OSError, ValueError):
         return None
     finally:
         os.close(fd)
-    values = data.get("values") if isinstance(data, dict) and data.get("state") == state else None
+    if not isinstance(data, dict) or data.get("state") != state:
+        return None
+    values = data.get("values")
     if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
         return None
-    return values
+    return data
 
 
-def _write_parse_cache(cache: str, state: str, values: Mapping[str, str]) -> None:
+def _write_cache(cache: str, data: Mapping[str, Any]) -> None:
     """Best effort: a new file renamed over it, else (a directory the hooks' user may not
     write, such as /etc/clinica-asterisk) in place, if it exists, is ours and is 0600."""
     import json
 
-    text = json.dumps({"state": state, "values": dict(values)}, ensure_ascii=False).encode("utf-8")
+    text = json.dumps(data, ensure_ascii=False).encode("utf-8")
     temporary: Optional[str] = f"{cache}.{os.getpid()}.tmp"
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -384,29 +406,86 @@ def _write_parse_cache(cache: str, state: str, values: Mapping[str, str]) -> Non
             pass
 
 
-def env_file_values(path: str) -> Dict[str, str]:
-    """:func:`read_env_file`, through the parse cache beside the file."""
+# What may hold a secret: the secrets, and the push URL (it may carry credentials).
+ENV_SECRETS = SECRET_KEYS | {"CLINICA_CRM_PUSH_URL"}
+
+
+def _settings_inputs(path: str, environ: Mapping[str, str]) -> Optional[Dict[str, Any]]:
+    """Besides the env file, all that validated settings are made of (see above); None
+    when they are not to be kept (the environment gives a secret) or it cannot be told
+    (no working directory)."""
+    if not ENV_SECRETS.isdisjoint(environ):
+        return None
     try:
-        state = _file_state(os.stat(path))
+        return {"environ": {k: v for k, v in environ.items() if k.startswith("CLINICA_")}, "source": path,
+                "cwd": os.getcwd(), "code": _file_state(os.stat(__file__))}
     except OSError:
-        return read_env_file(path)  # says why it cannot be read
-    cache = parse_cache_path(path)
-    values = _read_parse_cache(cache, state)
-    if values is None:
-        values = read_env_file(path)
-        _write_parse_cache(cache, state, values)
-    return values
+        return None
+
+
+def _settings_to_cache(settings: Settings) -> Dict[str, Any]:
+    """The fields as JSON holds them (bind addresses as lists, networks as text)."""
+    fields = {name: getattr(settings, name) for name in Settings._fields}
+    fields["fastagi_allow"] = [str(network) for network in settings.fastagi_allow]
+    return fields
+
+
+def _settings_from_cache(entry: object, inputs: Optional[Dict[str, Any]]) -> Optional[Settings]:
+    """What :func:`_settings_to_cache` wrote for these ``inputs``, or None."""
+    if inputs is None or not isinstance(entry, dict) or entry.get("inputs") != inputs:
+        return None
+    fields = entry.get("fields")
+    if not isinstance(fields, dict) or set(fields) != Settings._field_set:
+        return None
+    try:
+        networks = ()
+        if fields["fastagi_allow"]:
+            import ipaddress
+
+            networks = tuple(ipaddress.ip_network(text) for text in fields["fastagi_allow"])
+        return Settings(**dict(fields, fastagi_bind=tuple(fields["fastagi_bind"]), api_bind=tuple(fields["api_bind"]),
+                               fastagi_allow=networks))
+    except (TypeError, ValueError):
+        return None
+
+
+def _layered(file_values: Mapping[str, str], environ: Mapping[str, str], source: str) -> Settings:
+    """DEFAULTS, then the env file's values, then the environment; validated."""
+    layered = dict(DEFAULTS)
+    layered.update(file_values)
+    layered.update({k: v for k, v in environ.items() if k.startswith("CLINICA_")})
+    return build_settings(layered, source=source)
 
 
 def load_settings(environ: Optional[Mapping[str, str]] = None) -> Settings:
-    """DEFAULTS, then the env file, then the environment; validated."""
+    """DEFAULTS, then the env file, then the environment; validated (through the cache
+    beside the env file)."""
     environ = os.environ if environ is None else environ
     path = find_env_file(environ)
-    layered = dict(DEFAULTS)
-    if path:
-        layered.update(env_file_values(path))
-    layered.update({k: v for k, v in environ.items() if k.startswith("CLINICA_")})
-    return build_settings(layered, source=path or "")
+    if not path:
+        return _layered({}, environ, "")
+    try:
+        state = _file_state(os.stat(path))
+    except OSError:
+        return _layered(read_env_file(path), environ, path)  # says why it cannot be read
+    cache = parse_cache_path(path)
+    data = _read_cache(cache, state)
+    changed = data is None
+    if data is None:
+        data = {"state": state, "values": read_env_file(path)}
+    inputs = _settings_inputs(path, environ)
+    settings = _settings_from_cache(data.get("settings"), inputs)
+    if settings is not None:
+        return settings
+    try:
+        settings = _layered(data["values"], environ, path)
+        if inputs is not None:
+            data["settings"] = {"inputs": inputs, "fields": _settings_to_cache(settings)}
+            changed = True
+    finally:  # what python-dotenv made of the file is kept even when it is not valid
+        if changed:
+            _write_cache(cache, data)
+    return settings
 
 
 # --- validation: small pure parsers, each naming the key it checks -------------------
@@ -445,6 +524,8 @@ def url_problem(url: str) -> Optional[str]:
         return "it holds characters that are not ASCII (percent-encode them; a host name in its xn-- form)"
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         return "it holds a space or a control character (percent-encode a space as %20)"
+    from urllib.parse import urlsplit
+
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -474,6 +555,8 @@ def parse_bind(text: str, name: str) -> Tuple[str, int]:
     """``ADDRESS:PORT`` as the settings and the command line take it: an IP address (an
     IPv6 one may be in brackets) and a port from 0 to 65535 (0: any free port, for a
     listener).  ``name`` (the key or the option) leads the error.  Pure."""
+    import ipaddress
+
     raw = text.strip()
     host, sep, port = raw.rpartition(":")
     host = host.strip("[]")
@@ -495,6 +578,8 @@ def _networks(values, key):
     raw = values[key].strip()
     if not raw:
         return ()
+    import ipaddress
+
     networks = []
     for item in raw.split(","):
         try:
@@ -523,6 +608,8 @@ def _freepbx_db(values, key):
     if raw.lower() in ("auto", "off"):
         return raw.lower()
     allowed = f"{key}: must be auto, off or mysql://user:password@host[:port]/dbname"
+    from urllib.parse import urlsplit
+
     parts = urlsplit(raw)
     try:
         port = parts.port
@@ -580,7 +667,7 @@ def _check_text(values: Mapping[str, str]) -> None:
     may be a secret).  The environment may hand over bytes that are not UTF-8."""
     for key in sorted(values):
         value = values[key]
-        if not isinstance(value, str) or _CONTROL_IN_VALUE.search(value) or _SURROGATE.search(value):
+        if not isinstance(value, str) or re.search(_CONTROL_IN_VALUE, value) or re.search(_SURROGATE, value):
             raise ConfigError(f"{key}: must be UTF-8 text without control characters")
 
 

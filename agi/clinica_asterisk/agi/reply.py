@@ -20,7 +20,7 @@ would answer empty fields, which must not pass for empty variables).
 
 from __future__ import annotations
 
-import csv
+import _csv  # csv.reader itself; csv.py (dialects, DictReader, Sniffer) costs every hook start-up
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
 
@@ -108,8 +108,8 @@ def split_batch(value: str, count: int) -> Optional[List[str]]:
     """The ``count`` values of a :func:`batch_expression`, or None when Asterisk did not
     quote them as expected (then read them one by one)."""
     try:
-        rows = list(csv.reader([value], strict=True))
-    except csv.Error:
+        rows = list(_csv.reader([value], strict=True))
+    except _csv.Error:
         return None
     if len(rows) != 1 or len(rows[0]) != count + 1 or rows[0][0] != BATCH_MARK:
         return None

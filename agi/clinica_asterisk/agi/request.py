@@ -11,7 +11,6 @@ import posixpath
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
 if TYPE_CHECKING:
     from typing import Dict, Iterable, Tuple
-from urllib.parse import urlsplit
 
 from ..values import Value
 
@@ -72,6 +71,8 @@ class AgiRequest(Value):
         if self.network:
             path = self.env.get("agi_network_script", "")
             if not path:
+                from urllib.parse import urlsplit  # here: script hooks never need it, and it costs them
+
                 path = urlsplit(self.env.get("agi_request", "")).path
             path = path.split("?", 1)[0]
         else:

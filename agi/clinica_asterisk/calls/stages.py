@@ -159,8 +159,9 @@ def _ring_out(values: Values, args: Args) -> Dict[str, str]:
 # ring group's members at once or one by one (macro-dial: ${ds}, FreePBX core's dialparties).
 ONE, GROUP_DIAL = "one", "group"
 # A variable's name, as FreePBX's hunt groups name their members (HuntMember0, …): what
-# ${HuntMember} holds is read as a variable in its own right, and nothing else is.
-_VARIABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,80}")
+# ${HuntMember} holds is read as a variable in its own right, and nothing else is.  (Its
+# pattern and the next are compiled by re at their first use: most hooks never need them.)
+_VARIABLE_NAME = r"[A-Za-z0-9_]{1,80}"
 
 
 def _dial_kind(values: Values, args: Args) -> str:
@@ -172,7 +173,7 @@ def _hunt_member_variable(values: Values, args: Args) -> str:
     if not (plans.as_extension(_arg(args, 0)) and _dial_kind(values, args) == GROUP_DIAL):
         return ""
     hunt = values["HuntMember"]
-    return hunt if _VARIABLE_NAME.fullmatch(hunt) else ""
+    return hunt if re.fullmatch(_VARIABLE_NAME, hunt) else ""
 
 
 def _dial_then_reads(values: Values, args: Args) -> Tuple[str, ...]:
@@ -214,14 +215,14 @@ def _answer(values: Values, args: Args) -> Dict[str, str]:
 
 # A channel name as Asterisk makes them (Local/805@from-internal-0000001a;2): nothing that
 # could end the IMPORT() it is read through.
-_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9/@;._+#:-]{0,127}")
+_CHANNEL_NAME = r"[A-Za-z0-9][A-Za-z0-9/@;._+#:-]{0,127}"
 
 
 def _consult_state_expression(args: Args) -> str:
     """How the consultation channel stands, read from the transferer's (dead) channel:
     CHANNEL STATUS is refused on a hangup handler's channel, IMPORT() is not."""
     consult = _arg(args, 0)
-    return f"${{IMPORT({consult},CHANNEL(state))}}" if _CHANNEL_NAME.fullmatch(consult) else ""
+    return f"${{IMPORT({consult},CHANNEL(state))}}" if re.fullmatch(_CHANNEL_NAME, consult) else ""
 
 
 def _transfer_then_reads(values: Values, args: Args) -> Tuple[str, ...]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import _socket  # socket.gethostname is _socket.gethostname; socket.py costs every hook start-up
 import time
-from collections import namedtuple
 
 from ..agi.reply import agi_error
 from ..agi.request import AgiRequest, EnvBlockError
@@ -33,7 +32,7 @@ from ..calls.events import build_payload, wanted_events
 from ..store.outbox import Outbox, lease_owner
 from ..store.database import Store, StoreError, call_id_from_text
 from ..logs import INFO, WARNING, get_logger
-from ..values import Record
+from ..values import Record, Value
 from ..variables import CALLID_VARIABLE, STATUS_VARIABLE
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
@@ -111,24 +110,42 @@ class HookResult(Record):
 # driver: :func:`drive` over a blocking :class:`Channel` (script mode, tests), and the
 # FastAGI event loop (:mod:`.fastagi_loop`), which runs many hooks at once on one thread.
 
-# (collections.namedtuple, as typing.NamedTuple makes them, without importing typing.)
-Read = namedtuple("Read", ["names"])
-Read.__doc__ = """Channel variables and expressions; answered with a dict (Channel.read)."""
+# Each a Value (an immutable record): collections.namedtuple would build each class by exec()
+# at every hook start-up.
 
-Set = namedtuple("Set", ["name", "value", "within"], defaults=(None,))
-Set.__doc__ = """SET VARIABLE (Channel.set); ``within``: another deadline for this command."""
+class Read(Value):
+    """Channel variables and expressions; answered with a dict (Channel.read)."""
 
-Say = namedtuple("Say", ["message", "within"], defaults=(None,))
-Say.__doc__ = """A VERBOSE line (Channel.say)."""
+    __slots__ = ("names",)
 
-Write = namedtuple("Write", ["work"])
-Write.__doc__ = """``work()`` writes to the store, opening its own ``Store.transaction()``; answered with
-what it returns.  A driver may run several hooks' writes in one commit (the event
-loop's group commit); each hook is answered only after that commit."""
 
-Send = namedtuple("Send", ["events", "until_monotonic", "attempt_s"])
-Send.__doc__ = """Send the leased events in order, waiting until ``until_monotonic`` at most (see
-:func:`..delivery.worker.send_leased_events`); answered True when all were delivered."""
+class Set(Value):
+    """SET VARIABLE (Channel.set); ``within``: another deadline for this command."""
+
+    __slots__ = ("name", "value", "within")
+    _defaults = {"within": None}
+
+
+class Say(Value):
+    """A VERBOSE line (Channel.say)."""
+
+    __slots__ = ("message", "within")
+    _defaults = {"within": None}
+
+
+class Write(Value):
+    """``work()`` writes to the store, opening its own ``Store.transaction()``; answered
+    with what it returns.  A driver may run several hooks' writes in one commit (the event
+    loop's group commit); each hook is answered only after that commit."""
+
+    __slots__ = ("work",)
+
+
+class Send(Value):
+    """Send the leased events in order, waiting until ``until_monotonic`` at most (see
+    :func:`..delivery.worker.send_leased_events`); answered True when all were delivered."""
+
+    __slots__ = ("events", "until_monotonic", "attempt_s")
 
 
 def drive(steps, channel: Channel, services: Optional[HookServices] = None):

@@ -31,14 +31,13 @@ import collections
 import json
 import os
 import _socket  # socket.gethostname is _socket.gethostname; socket.py costs every hook start-up
-import sqlite3
+import _sqlite3 as sqlite3  # the sqlite3 package: this, and datetime adapters (datetime costs every hook start-up)
 import _thread  # threading.Lock is _thread.allocate_lock, get_ident the same
 import time
-from contextlib import contextmanager
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterator, List, Mapping, Optional
+    from typing import Any, Dict, List, Mapping, Optional
 
 from .engine import (GAVE_UP, MysqlConnection, StoreBusy, StoreError, StoreUnreachable, StoreUrlError,
                      is_mysql_url, node_number, resolve)
@@ -447,75 +446,21 @@ class Store:
         else:
             self.conn.execute(f"PRAGMA busy_timeout={max(1, int(seconds * 1000))}")
 
-    @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A write transaction.  SQLite: it takes the write lock at once (no upgrade
-        deadlocks).  MariaDB: rows are locked as they are written, and :meth:`call` locks
-        the call it reads.  The outbox's writes belong in one (:mod:`.outbox`)."""
-        if self._grouped:  # inside group(): a savepoint of the group's transaction
-            with self._savepoint() as conn:
-                yield conn
-            return
-        if not self._write_lock.acquire(timeout=max(0.05, self._busy_timeout_s)):
-            raise StoreError("call store busy: other writers of this process held it too long")
-        try:
-            conn = self.conn
-            if conn is self._mysql:
-                conn.begin()
-                try:
-                    yield conn
-                except BaseException:
-                    conn.rollback()
-                    raise
-                conn.commit()
-                return
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                if self._spooling:
-                    _touch(self.spool_marker)  # in the transaction: see merge_spool
-            except (sqlite3.Error, OSError) as exc:
-                raise StoreError(f"call store busy or unwritable: {exc}") from exc
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot commit to the call store: {exc}") from exc
-        finally:
-            self._write_lock.release()
+    def transaction(self) -> _Transaction:
+        """A write transaction (``with store.transaction() as conn:``).  SQLite: it takes the
+        write lock at once (no upgrade deadlocks).  MariaDB: rows are locked as they are
+        written, and :meth:`call` locks the call it reads.  The outbox's writes belong in
+        one (:mod:`.outbox`)."""
+        return _Transaction(self)
 
-    @contextmanager
-    def group(self) -> Iterator[Any]:
+    def group(self) -> _Group:
         """Group commit: one transaction, committed once, in which every
         :meth:`transaction` opened inside it (on this thread) runs as a savepoint, and
         every :meth:`write` as a statement.  A transaction that fails rolls back to its
         savepoint alone; a failed commit fails them all (the caller learns it before it
         answers anyone).  The FastAGI event loop gathers the writes of the hooks that
         reached their store step in one turn (:mod:`..hooks.fastagi_loop`)."""
-        with self.transaction() as conn:
-            self._grouped = True
-            try:
-                yield conn
-            finally:
-                self._grouped = False
-
-    @contextmanager
-    def _savepoint(self) -> Iterator[Any]:
-        conn = self.conn
-        try:
-            conn.execute("SAVEPOINT clinica_group")
-        except sqlite3.Error as exc:
-            raise StoreError(f"call store busy or unwritable: {exc}") from exc
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK TO SAVEPOINT clinica_group")
-            conn.execute("RELEASE SAVEPOINT clinica_group")
-            raise
-        conn.execute("RELEASE SAVEPOINT clinica_group")
+        return _Group(self)
 
     def write(self, sql: str, params=()) -> int:
         """One write statement as a transaction of its own; how many rows it changed
@@ -712,6 +657,87 @@ class Store:
         finally:
             spool.close()
         return moved
+
+
+class _Transaction:
+    """:meth:`Store.transaction`: a class rather than a ``contextlib.contextmanager``
+    generator, since contextlib costs every hook start-up.  Inside :meth:`Store.group`,
+    a savepoint of the group's transaction; else the write lock of this process, then
+    the database's own transaction, committed at the end or rolled back on an error."""
+
+    __slots__ = ("store", "conn", "lock", "savepoint")
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __enter__(self):
+        store = self.store
+        self.savepoint = store._grouped
+        if self.savepoint:
+            conn = self.conn = store.conn
+            try:
+                conn.execute("SAVEPOINT clinica_group")
+            except sqlite3.Error as exc:
+                raise StoreError(f"call store busy or unwritable: {exc}") from exc
+            return conn
+        lock = self.lock = store._write_lock
+        if not lock.acquire(timeout=max(0.05, store._busy_timeout_s)):
+            raise StoreError("call store busy: other writers of this process held it too long")
+        try:
+            conn = self.conn = store.conn
+            if conn is store._mysql:
+                conn.begin()
+                return conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if store._spooling:
+                    _touch(store.spool_marker)  # in the transaction: see merge_spool
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"call store busy or unwritable: {exc}") from exc
+        except BaseException:
+            lock.release()
+            raise
+        return conn
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        conn = self.conn
+        if self.savepoint:
+            if kind is not None:
+                conn.execute("ROLLBACK TO SAVEPOINT clinica_group")
+            conn.execute("RELEASE SAVEPOINT clinica_group")
+            return False
+        try:
+            if conn is self.store._mysql:
+                if kind is None:
+                    conn.commit()
+                else:
+                    conn.rollback()
+            elif kind is not None:
+                conn.execute("ROLLBACK")
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    raise StoreError(f"cannot commit to the call store: {exc}") from exc
+        finally:
+            self.lock.release()
+        return False
+
+
+class _Group(_Transaction):
+    """:meth:`Store.group`: a transaction in which the store's own transactions are
+    savepoints."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        conn = super().__enter__()
+        self.store._grouped = True
+        return conn
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        self.store._grouped = False
+        return super().__exit__(kind, error, traceback)
 
 
 def _touch(path: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import _thread  # threading.Lock is _thread.allocate_lock; threading costs every hook start-up
 import time
-import zlib
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (type checkers read it so)
 if TYPE_CHECKING:
@@ -81,6 +80,8 @@ def resolve(location: str) -> StoreUrl:
 def node_number(host: str) -> int:
     """This host's number among the nodes of a shared store (1 … 1023), for the ids of
     calls it stores while the store is out of reach.  Pure."""
+    import zlib  # here: only a shared store's spool numbers its calls so
+
     return zlib.crc32(host.encode("utf-8")) % 1023 + 1
 
 
