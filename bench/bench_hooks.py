@@ -258,11 +258,16 @@ def baseline_server(crm_url: str) -> None:
 
 
 def clean_env(workdir: str, crm_url: str, **extra) -> Dict[str, str]:
+    """The environment of a process under test.  Its settings are in an env file, as
+    install.sh writes them (Asterisk's environment, which a script hook inherits, holds
+    none); ``extra`` settings come through the environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLINICA_", "NOTIFY_", "WATCHDOG_"))}
-    empty = os.path.join(workdir, "empty.env")
-    open(empty, "w").close()
-    env.update(CLINICA_ENV_FILE=empty, CLINICA_DATA_DIR=os.path.join(workdir, "data"),
-               CLINICA_CRM_PUSH_URL=crm_url, CLINICA_LOG_FILE=os.path.join(workdir, "hooks.log"))
+    path = os.path.join(workdir, "clinica.env")
+    settings = {"CLINICA_DATA_DIR": os.path.join(workdir, "data"), "CLINICA_CRM_PUSH_URL": crm_url,
+                "CLINICA_LOG_FILE": os.path.join(workdir, "hooks.log")}
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.writelines(f"{key}={value}\n" for key, value in settings.items())
+    env.update(CLINICA_ENV_FILE=path)
     env.update(extra)
     return env
 

@@ -75,9 +75,10 @@ def test_a_crm_slower_than_the_deadline_gets_each_push_once_after_its_hook(tmp_p
         crm.close()
 
 
-def test_a_crm_that_closes_its_kept_alive_connections_still_gets_every_push(tmp_path):
+def test_a_crm_that_closes_its_kept_alive_connections_still_gets_every_push(tmp_path, monkeypatch):
     crm = CrmSink().start()
-    crm.RequestHandlerClass.protocol_version = "HTTP/1.0"  # one request per connection
+    # One request per connection (the handler class is shared: undone after the test).
+    monkeypatch.setattr(crm.RequestHandlerClass, "protocol_version", "HTTP/1.0")
     try:
         settings = make_settings(tmp_path / "data", crm_push_url=crm.url)
         with running_server(settings) as server:

@@ -10,7 +10,6 @@ import random
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
 from support.settings import make_settings
 from support.fake_asterisk import ASTERISK22

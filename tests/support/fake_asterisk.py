@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from clinica_asterisk.devtools.asterisk_peer import (  # noqa: F401  (re-exported for the tests)
-    ALIASES,
     AsteriskCall,
     Conversation,
     RecordedSession,
-    parse_answer_value,
     serve_session,
     session_from_recording,
     split_command,
