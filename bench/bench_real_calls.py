@@ -35,10 +35,12 @@ Phases per mode: a warm-up (2 calls); a latency phase (12 calls to 801 one every
 plus 2 outgoing calls for ring-out and 2 attended transfers); then a ramp: calls to 801 at
 4, 8, 16, ... 256 a second, 5 s each, until a step fails: a call that never bridged, a
 hook that held its call longer than the deadline, a hook that left its event QUEUED or
-FAILED or a FastAGI session serve REFUSED (our log), or a warning in either log; then one
-step at the geometric middle of the last good rate and the failing one (or at half the
-first rate, when that failed).  A step passes on
-what it shows within 5 s, so a rate a little over what the PBX sustains can pass as a burst
+FAILED or a FastAGI session serve REFUSED (our log; in script mode, whose hooks hand their
+events to the delivery worker and say QUEUED: an event that reached the CRM more than the
+deadline after it was stored, as the store records both, or not at all), or a warning in
+either log; then one step at the geometric middle of the last good rate and the failing
+one (or at half the first rate, when that failed).  A step passes on what it shows within
+5 s, so a rate a little over what the PBX sustains can pass as a burst
 (the backlog needs time to grow past the deadline).  The modes run one after another, each
 in a fresh lab; every ratio is against the no-hooks PBX of the same run.  The world (the
 load generator), the PBX, serve, the hooks and the CRM stand-in share the machine's cores;
@@ -60,6 +62,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -209,7 +212,9 @@ class Child:
         cpu1 = self.cpu()  # the CPU of the placing window (the calls' bulk), before the drain
         quiet = self.quiet()
         cpu2 = self.cpu()
-        record = {"name": name, "rate": rate, "start": start, "placed_end": placed_end, "end": time.time(),
+        end = time.time()
+        record = {"name": name, "rate": rate, "start": start, "placed_end": placed_end, "end": end,
+                  "delivery": delivery(self.lab.data_dir, start, end), "hands_off": self.run.deliver is not None,
                   "callers": [c for _, c, _ in plan], "late_s": round(late, 3), "quiet": quiet,
                   "cpu_placing": {k: cpu1[k] - cpu0[k] for k in cpu0}, "cpu": {k: cpu2[k] - cpu0[k] for k in cpu0},
                   "ami_errors": self.ami.errors}
@@ -446,6 +451,21 @@ def warnings_between(path: Path, start: float, end: float) -> List[str]:
     return found
 
 
+def delivery(data_dir: Path, start: float, end: float) -> Dict[str, Any]:
+    """The events stored between ``start`` and ``end`` (epoch s), read from the store:
+    how many are not delivered yet, and for each delivered one the time from stored to
+    delivered (ms): what the CRM's users wait, whoever sent it (the hook, or the worker it
+    handed the event to)."""
+    rows: List[Tuple[float, Optional[float]]] = []
+    for db in Path(data_dir).glob("*.sqlite3"):
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+            with contextlib.suppress(sqlite3.OperationalError):  # a store without an outbox
+                rows += conn.execute("SELECT created_at, delivered_at FROM outbox WHERE created_at >= ? AND created_at < ?",
+                                     (start, end)).fetchall()
+    return {"undelivered": sum(done is None for _, done in rows),
+            "lags_ms": sorted((done - made) * 1000 for made, done in rows if done is not None)}
+
+
 @dataclass
 class Window:
     """The calls of one phase and what happened to them."""
@@ -455,6 +475,8 @@ class Window:
     outcomes: Dict[str, int]
     warnings: List[str]       # the PBX's
     our_problems: List[str]   # our log's warnings and errors
+    delivery: Dict[str, Any]  # see delivery()
+    hands_off: bool           # script mode with the delivery worker: QUEUED is the hooks' way
 
     def waits(self, stage: str) -> List[float]:
         return [w for c in self.calls for w in c.waits.get(stage, [])]
@@ -477,8 +499,20 @@ class Window:
         return sum(ms > DEADLINE_MS for ms in self.agi())
 
     @property
+    def missed_outcomes(self) -> Dict[str, int]:
+        """Hooks that did not deliver their event: FAILED, REFUSED by serve, or QUEUED (left
+        for the worker after the deadline), unless handing over is how the hooks work."""
+        counted = ("FAILED", "REFUSED") if self.hands_off else ("QUEUED", "FAILED", "REFUSED")
+        return {o: n for o, n in sorted(self.outcomes.items()) if o in counted}
+
+    @property
+    def late(self) -> int:
+        """Events not at the CRM within the hook deadline of being stored (or not at all)."""
+        return self.delivery["undelivered"] + sum(ms > DEADLINE_MS for ms in self.delivery["lags_ms"])
+
+    @property
     def missed(self) -> int:
-        return sum(n for outcome, n in self.outcomes.items() if outcome in ("QUEUED", "FAILED", "REFUSED"))
+        return sum(self.missed_outcomes.values()) + (self.late if self.hands_off else 0)
 
 
 def analyse(pbx_log: Path, hook_log_path: Path, phase: Dict[str, Any], calls: Optional[List[Call]] = None) -> Window:
@@ -487,7 +521,7 @@ def analyse(pbx_log: Path, hook_log_path: Path, phase: Dict[str, Any], calls: Op
     mine = [c for c in calls if phase["start"] <= c.entered < phase["end"]]
     outcomes, problems = hook_log(hook_log_path, phase["start"], phase["end"])
     return Window(mine, len(phase["callers"]), outcomes, warnings_between(pbx_log, phase["start"], phase["end"]),
-                  problems)
+                  problems, phase["delivery"], phase["hands_off"])
 
 
 def step_verdict(window: Window, phase: Dict[str, Any]) -> Dict[str, Any]:
@@ -496,9 +530,12 @@ def step_verdict(window: Window, phase: Dict[str, Any]) -> Dict[str, Any]:
         why.append(f"{window.failed} of {window.placed} calls never bridged")
     if window.over_deadline:
         why.append(f"{window.over_deadline} hooks held the call over {DEADLINE_MS:.0f} ms")
-    if window.missed:
-        parts = ", ".join(f"{n} {o}" for o, n in sorted(window.outcomes.items()) if o in ("QUEUED", "FAILED", "REFUSED"))
+    if window.missed_outcomes:
+        parts = ", ".join(f"{n} {o}" for o, n in window.missed_outcomes.items())
         why.append(f"hooks missed: {parts}")
+    if window.hands_off and window.late:
+        why.append(f"{window.late} events handed to the worker reached the CRM over {DEADLINE_MS:.0f} ms after "
+                   "they were stored, or not at all")
     if window.warnings:
         why.append(f"{len(window.warnings)} PBX warnings ({window.warnings[0][:70]})")
     others = [p for p in window.our_problems if "outcome=REFUSED" not in p]
@@ -592,6 +629,10 @@ def report(args, results: Dict[str, Dict[str, Any]]) -> None:
                  for s, v in sorted(by_stage.items())]
         print(f"  {MODE_LABEL[mode]:<9} p50/p95/max: " + "; ".join(parts))
         print(f"  {'':<9} hook outcomes (our log): {dict(sorted(window.outcomes.items()))}")
+        lags = window.delivery["lags_ms"]
+        print(f"  {'':<9} stored -> at the CRM p50/p95/max: {fmt_ms(pct(lags, 50))}/{fmt_ms(pct(lags, 95))}/"
+              f"{fmt_ms(max(lags) if lags else float('nan'))} ms (n={len(lags)}, not delivered "
+              f"{window.delivery['undelivered']})")
     print("\n  CPU per call in the latency phase (ms; world = the load generator's Asterisk):")
     for mode in modes:
         c = cpu_ms_per_call(next(p for p in results[mode]["phases"] if p["name"] == "latency"))
@@ -601,9 +642,10 @@ def report(args, results: Dict[str, Dict[str, Any]]) -> None:
     print(f"\nCalls a second the PBX takes (each step: calls client -> DID -> 801 at the rate for {args.step_seconds:g} s; "
           f"a call lasts ~3 s; hook deadline {DEADLINE_MS:.0f} ms):")
     print(f"  {'':<9} {'':>7} {'':>7} {'':>5} {'':>6} {'':>5} {'':>4} {'':>4} {'hook hold, ms':^23} {'wait p95, ms':^17}"
-          f" {'CPU ms/call':^11} {'cores busy':^11}")
+          f" {'to CRM':>7} {'CPU ms/call':^11} {'cores busy':^11}")
     print(f"  {'mode':<9} {'calls/s':>7} {'reached':>7} {'calls':>5} {'failed':>6} {'hooks':>5} {'>dl':>4} {'miss':>4} "
-          f"{'p50':>7} {'p95':>7} {'max':>7} {'ring-in':>8} {'answer':>8} {'PBX':>5} {'hooks':>5} {'all':>5} {'other':>5}  verdict")
+          f"{'p50':>7} {'p95':>7} {'max':>7} {'ring-in':>8} {'answer':>8} {'p95 ms':>7} {'PBX':>5} {'hooks':>5} {'all':>5} "
+          f"{'other':>5}  verdict")
     sustained: Dict[str, Tuple[Optional[float], str]] = {}
     for mode in modes:
         good, first_bad = None, ""
@@ -618,7 +660,8 @@ def report(args, results: Dict[str, Dict[str, Any]]) -> None:
             print(f"  {MODE_LABEL[mode]:<9} {p['rate']:>7g} {w.entered_rate:>7.1f} {len(p['callers']):>5} {w.failed:>6} {len(agi):>5} "
                   f"{w.over_deadline:>4} {w.missed:>4} {fmt_ms(pct(agi, 50)):>7} {fmt_ms(pct(agi, 95)):>7} "
                   f"{fmt_ms(max(agi) if agi else float('nan')):>7} {fmt_ms(pct(w.waits('ring-in'), 95)):>8} "
-                  f"{fmt_ms(pct(w.waits('answer'), 95)):>8} {c['pbx']:>5.0f} {c['hooks']:>5.0f} "
+                  f"{fmt_ms(pct(w.waits('answer'), 95)):>8} {fmt_ms(pct(w.delivery['lags_ms'], 95)):>7} "
+                  f"{c['pbx']:>5.0f} {c['hooks']:>5.0f} "
                   f"{busy:>4.0f}% {c['other_pct']:>4.0f}%  {'ok' if verdict['ok'] else verdict['why']}")
             if verdict["ok"] and not first_bad:
                 good = max(good or 0.0, p["rate"])
@@ -629,10 +672,12 @@ def report(args, results: Dict[str, Dict[str, Any]]) -> None:
         top = max((p["rate"] for p in ramp), default=0)
         sustained[mode] = (good, first_bad or f"none up to {top:g}/s (the limit is higher)")
     print("  (reached: calls a second that reached the PBX; >dl: hooks that held the call longer than the deadline; miss: hooks that left their event QUEUED or "
-          "FAILED, or were REFUSED by serve; wait p95: the ring-in and answer waits as above; CPU per call: the PBX's Asterisk, the hooks "
+          "FAILED, or were REFUSED by serve (script mode, whose hooks hand their events to the delivery worker: events that reached the CRM "
+          "over the deadline after they were stored, or not at all, and FAILED); wait p95: the ring-in and answer waits as above; "
+          "to CRM: from an event stored to it delivered; CPU per call: the PBX's Asterisk, the hooks "
           "(serve, or the script processes); cores busy: the whole machine while the calls were placed, and the "
           "share of it taken by processes outside the benchmark)")
-    print("\nSustained calls/s (every call bridged, no hook over its deadline, QUEUED, FAILED or REFUSED, no warning):")
+    print("\nSustained calls/s (every call bridged, no hook over its deadline, no miss, no warning):")
     base_rate = sustained.get("none", (None, ""))[0]
     for mode in modes:
         good, bad = sustained[mode]
