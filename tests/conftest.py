@@ -112,3 +112,17 @@ def private_mariadb(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def env_file(tmp_path, monkeypatch):
+    """An env file (0600) as the only source of settings: no CLINICA_* in the environment
+    but CLINICA_ENV_FILE naming it; the working directory is ``tmp_path``."""
+    for key in [k for k in os.environ if k.startswith("CLINICA_")]:
+        monkeypatch.delenv(key)
+    path = tmp_path / "clinica.env"
+    path.write_text("CLINICA_COMPANY_ID=3041\nCLINICA_CRM_PUSH_URL='https://crm.example/api/Binotel/Push'\n")
+    path.chmod(0o600)
+    monkeypatch.setenv("CLINICA_ENV_FILE", str(path))
+    monkeypatch.chdir(tmp_path)
+    return path

@@ -13,18 +13,6 @@ from clinica_asterisk import config
 from clinica_asterisk.config import ConfigError, load_settings, parse_cache_path
 
 
-@pytest.fixture
-def env_file(tmp_path, monkeypatch):
-    for key in [k for k in os.environ if k.startswith("CLINICA_")]:
-        monkeypatch.delenv(key)
-    path = tmp_path / "clinica.env"
-    path.write_text("CLINICA_COMPANY_ID=3041\nCLINICA_CRM_PUSH_URL='https://crm.example/api/Binotel/Push'\n")
-    path.chmod(0o600)
-    monkeypatch.setenv("CLINICA_ENV_FILE", str(path))
-    monkeypatch.chdir(tmp_path)
-    return path
-
-
 def cache_of(path) -> dict:
     with open(parse_cache_path(str(path)), encoding="utf-8") as f:
         return json.load(f)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 from support.faults import environment, wait_until
 from support.player import Script, play
 from test_script_mode import EXPECTED, recorded_calls
@@ -135,17 +134,6 @@ def test_calls_handed_over_whose_wake_up_was_lost_are_found(tmp_path):
     outbox.mark_failed(tried.id, "HTTP 500", 300)  # its backoff stands
     assert fresh_calls(outbox) == [1]
     store.close()
-
-
-@pytest.fixture
-def env_file(tmp_path, monkeypatch):
-    for key in [k for k in os.environ if k.startswith("CLINICA_")]:
-        monkeypatch.delenv(key)
-    path = tmp_path / "clinica.env"
-    path.write_text("CLINICA_COMPANY_ID=3041\nCLINICA_CRM_PUSH_URL='https://crm.example/api/Binotel/Push'\n")
-    path.chmod(0o600)
-    monkeypatch.setenv("CLINICA_ENV_FILE", str(path))
-    return path
 
 
 def test_the_parse_cache_spares_python_dotenv_until_the_file_changes(env_file, monkeypatch):
