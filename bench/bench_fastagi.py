@@ -188,12 +188,9 @@ def instant_server(commands: List[str]) -> None:
         for key, _ in sel.select():
             if key.data is None:
                 for _ in range(64):
-                    try:
-                        conn, _ = listener.accept()
-                    except BlockingIOError:
+                    conn = hooks.accept_nonblocking(listener)
+                    if conn is None:
                         break
-                    conn.setblocking(False)
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     state[conn] = [b"", -1]
                     sel.register(conn, selectors.EVENT_READ, conn)
                 continue

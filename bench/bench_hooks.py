@@ -67,6 +67,18 @@ ROUNDS = 6
 OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK"
 
 
+def accept_nonblocking(listener: socket.socket) -> Optional[socket.socket]:
+    """A connection waiting on ``listener`` (non-blocking), set non-blocking and without
+    Nagle's delay; None when there is none."""
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        return None
+    conn.setblocking(False)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
 def _lean_sink_main(port: int, ready, count, first_at, last_at) -> None:
     """A CRM that answers at once: one thread, one ``selectors`` loop, each request read to
     the end of its body (Content-Length) and answered 200 with prepared bytes, kept alive.
@@ -83,13 +95,9 @@ def _lean_sink_main(port: int, ready, count, first_at, last_at) -> None:
     while True:
         for key, _ in selector.select():
             if key.data is None:
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    continue
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                selector.register(conn, selectors.EVENT_READ, bytearray())
+                conn = accept_nonblocking(listener)
+                if conn is not None:
+                    selector.register(conn, selectors.EVENT_READ, bytearray())
                 continue
             conn, buffer = key.fileobj, key.data
             try:

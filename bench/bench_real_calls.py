@@ -62,7 +62,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -456,12 +455,8 @@ def delivery(data_dir: Path, start: float, end: float) -> Dict[str, Any]:
     how many are not delivered yet, and for each delivered one the time from stored to
     delivered (ms): what the CRM's users wait, whoever sent it (the hook, or the worker it
     handed the event to)."""
-    rows: List[Tuple[float, Optional[float]]] = []
-    for db in Path(data_dir).glob("*.sqlite3"):
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
-            with contextlib.suppress(sqlite3.OperationalError):  # a store without an outbox
-                rows += conn.execute("SELECT created_at, delivered_at FROM outbox WHERE created_at >= ? AND created_at < ?",
-                                     (start, end)).fetchall()
+    rows = real_pbx.outbox_rows(data_dir, "SELECT created_at, delivered_at FROM outbox"
+                                " WHERE created_at >= ? AND created_at < ?", (start, end)) or []
     return {"undelivered": sum(done is None for _, done in rows),
             "lags_ms": sorted((done - made) * 1000 for made, done in rows if done is not None)}
 

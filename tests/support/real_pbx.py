@@ -541,16 +541,22 @@ def _write_env(path: Path, values: Mapping[str, str]) -> None:
     os.chmod(path, 0o600)
 
 
-def outbox_waiting(data_dir: Path) -> Optional[int]:
-    """Events not delivered yet (read-only look at the store), None when unknown."""
+def outbox_rows(data_dir: Path, sql: str, params: Sequence[Any] = ()) -> Optional[List[Any]]:
+    """The rows of ``sql`` on the lab's store (a read-only look), None when unknown."""
     for db in glob.glob(str(data_dir / "*.sqlite3")):
         with contextlib.suppress(sqlite3.Error):
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
             try:
-                return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0])
+                return conn.execute(sql, params).fetchall()
             finally:
                 conn.close()
     return None
+
+
+def outbox_waiting(data_dir: Path) -> Optional[int]:
+    """Events not delivered yet, None when unknown."""
+    rows = outbox_rows(data_dir, "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
+    return None if rows is None else int(rows[0][0])
 
 
 @dataclass

@@ -153,9 +153,8 @@ class PushSender:
             return self._attempt_here(payload, limit_s)
         return self._attempt(payload, limit_s, wait_s, on_late)
 
-    def _attempt_here(self, payload: Mapping[str, str], limit_s: float) -> Attempt:
-        """On the caller's thread, which waits for the end anyway (the worker): no hand-off
-        to a sender thread and back for every event.  Cut at the limit by :data:`CUTTER`."""
+    def _post_within(self, payload: Mapping[str, str], limit_s: float) -> Attempt:
+        """:meth:`_post`, cut at the limit by :data:`CUTTER`."""
         from .transport import CUTTER, Cutoff
 
         cutoff = Cutoff(time.monotonic() + limit_s)
@@ -164,6 +163,13 @@ class PushSender:
             return self._post(payload, limit_s, cutoff)
         finally:
             CUTTER.forget(cutoff)
+
+    def _attempt_here(self, payload: Mapping[str, str], limit_s: float) -> Attempt:
+        """On the caller's thread, which waits for the end anyway (the worker): no hand-off
+        to a sender thread and back for every event."""
+        try:
+            return self._post_within(payload, limit_s)
+        finally:
             self._attempt_ended()
 
     def _attempt_ended(self) -> None:
@@ -173,18 +179,14 @@ class PushSender:
 
     def _attempt(self, payload: Mapping[str, str], limit_s: float, wait_s: float,
                  on_late: Optional[Callable[[Attempt], None]]) -> Attempt:
-        """On a sender thread, cut at the limit by :data:`CUTTER`."""
-        from .transport import CUTTER, Cutoff
-
+        """On a sender thread; the caller waits ``wait_s`` at most."""
         box = []
         done = threading.Event()
         handed_over = []
 
         def attempt():
-            cutoff = Cutoff(time.monotonic() + limit_s)
-            CUTTER.watch(cutoff)
             try:
-                result = self._post(payload, limit_s, cutoff)
+                result = self._post_within(payload, limit_s)
                 with self._lock:
                     box.append(result)
                     late = bool(handed_over)
@@ -192,7 +194,6 @@ class PushSender:
                 if late and on_late is not None:
                     on_late(result)
             finally:
-                CUTTER.forget(cutoff)
                 self._attempt_ended()  # after the outcome is written: wait_idle() waits for it
 
         self._run(attempt)
