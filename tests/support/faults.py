@@ -49,7 +49,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         crm = self.server
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        if len(body) < length:
+            # The client died between headers and body (a SIGKILLed worker): a web server
+            # never hands such a request to the CRM's code.
+            self.close_connection = True
+            return
         fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
         post = Post((fields.get("generalCallID", ""), fields.get("requestType", "")), time.monotonic())
         with crm.lock:

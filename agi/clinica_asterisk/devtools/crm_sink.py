@@ -32,6 +32,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(413)
             return
         body = self.rfile.read(length)
+        if len(body) < length:  # the client died mid-request: no web server would pass it on
+            self.close_connection = True
+            return
         sink = self.server
         with sink.lock:
             sink.arrivals += 1
